@@ -1,0 +1,49 @@
+"""The single place where fastbp's kernels get their JIT options.
+
+Every kernel in ``fastbp.kernels`` is compiled through :func:`jit`; nothing else
+calls ``numba.njit`` directly.
+
+Options and why:
+
+* ``cache=True``: the first call in a fresh process otherwise costs seconds of
+  compilation; with the on-disk cache later processes load machine code.
+* ``fastmath={'contract', 'reassoc', 'nsz', 'arcp'}``: lets LLVM fuse
+  multiply-adds and vectorize reductions.  ``nnan``/``ninf`` are *not* set: the
+  kernels must keep IEEE semantics for inf (softmax max-shift, exp overflow) and
+  the wrappers' NaN checks must not be optimised away.
+* ``error_model='numpy'``: no Python-style ZeroDivisionError checks inside loops,
+  so loops vectorize; the wrappers validate inputs before any kernel runs.
+* ``nogil=True``: kernels release the GIL so callers may run them from threads.
+* ``boundscheck=False``: the wrappers check shapes once; kernels trust them.
+"""
+from numba import njit, types
+from numba.extending import intrinsic
+
+FASTMATH = frozenset({"contract", "reassoc", "nsz", "arcp"})
+
+JIT_OPTIONS = dict(cache=True, fastmath=set(FASTMATH), error_model="numpy",
+                   nogil=True, boundscheck=False)
+
+
+def jit(fn=None, *, parallel=False, inline="never"):
+    """Compile ``fn`` with fastbp's options (``parallel`` for prange kernels)."""
+    def wrap(f):
+        return njit(parallel=parallel, inline=inline, **JIT_OPTIONS)(f)
+    return wrap(fn) if fn is not None else wrap
+
+
+@intrinsic
+def cast_like(typingctx, value, like):
+    """``value`` converted to the dtype of array ``like`` (or to ``like``'s type).
+
+    Lets one generic kernel keep float32 arithmetic in float32: a Python float
+    literal is float64 in numba and would otherwise promote the whole loop.
+    """
+    target = like.dtype if isinstance(like, types.Array) else like
+    if not isinstance(value, (types.Number, types.Boolean)) or not isinstance(target, types.Number):
+        return None
+
+    def codegen(context, builder, sig, args):
+        return context.cast(builder, args[0], sig.args[0], target)
+
+    return target(value, like), codegen

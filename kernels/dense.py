@@ -1,0 +1,125 @@
+"""Dense (fully connected) layer with fused bias + activation.
+
+Shapes: N=batch, D=in, F=out.  x is (N, D), W is (D, F), b is (F,), out/y/dout
+are (N, F), dx is (N, D).  All C-contiguous, one float dtype.
+
+    forward:   out = act(x @ W + b)
+    backward:  dz = dout * act'(y);  dW = x^T dz;  db = sum_n dz;  dx = dz W^T
+
+Parallel layout: one parallel region per call.  GEMMs are cut into per-thread
+blocks along the weight dimension (forward: columns of W; backward: rows of W),
+so each thread streams only its half of W, and each block is one sequential
+BLAS call followed by the fused elementwise work while the block is in cache.
+"""
+from numba import prange
+
+from . import _check
+from ._blas import gemm
+from ._jit import cast_like, jit
+from .activation import act_code, act_grad_block, bias_act_block, split
+
+
+@jit
+def forward_block(out, x, W, b, act, alpha, f0, f1):
+    """out[:, f0:f1] = act(x @ W[:, f0:f1] + b[f0:f1])."""
+    gemm(out[:, f0:f1], x, W[:, f0:f1], False, False, 1.0, 0.0)
+    bias_act_block(out, b, act, alpha, 0, out.shape[0], f0, f1)
+
+
+@jit(parallel=True)
+def _forward(out, x, W, b, act, alpha, nchunks):
+    F = W.shape[1]
+    for c in prange(nchunks):
+        f0, f1 = split(F, nchunks, c)
+        forward_block(out, x, W, b, act, alpha, f0, f1)
+
+
+@jit
+def grad_block(dW, db, x, dz, d0, d1, f0, f1, scale, beta):
+    """dW[d0:d1] = scale * x[:, d0:d1]^T dz + beta * dW[d0:d1];
+    db[f0:f1] = scale * sum_n dz[n, f0:f1] + beta * db[f0:f1]."""
+    gemm(dW[d0:d1], x[:, d0:d1], dz, True, False, scale, beta)
+    N = dz.shape[0]
+    s = cast_like(scale, dz)
+    bt = cast_like(beta, dz)
+    for f in range(f0, f1):
+        db[f] = db[f] * bt
+    for n in range(N):
+        row = dz[n]
+        for f in range(f0, f1):
+            db[f] += s * row[f]
+
+
+@jit(parallel=True)
+def _backward(dx, dW, db, dout, x, W, y, act, alpha, want_dx, nchunks):
+    N, F = dout.shape
+    D = W.shape[0]
+    for c in prange(nchunks):
+        r0, r1 = split(N, nchunks, c)
+        act_grad_block(dout, y, act, alpha, r0, r1, 0, F)
+    for c in prange(nchunks):
+        d0, d1 = split(D, nchunks, c)
+        f0, f1 = split(F, nchunks, c)
+        grad_block(dW, db, x, dout, d0, d1, f0, f1, 1.0, 0.0)
+        if want_dx:
+            gemm(dx[:, d0:d1], dout, W[d0:d1], False, True, 1.0, 0.0)
+
+
+def _check_layer(x, W):
+    _check.array("x", x, ndim=2, finite=True)
+    _check.nonempty("x", x.shape[0])
+    _check.array("W", W, ndim=2, dtype=x.dtype, finite=True)
+    if W.shape[0] != x.shape[1]:
+        raise ValueError(f"W: expected {x.shape[1]} rows (x has {x.shape[1]} columns), got shape {W.shape}")
+
+
+def dense_forward(out, x, W, b, act="identity", alpha=0.01, nthreads=None):
+    """out = act(x @ W + b).
+
+    Writes ``out`` (N, F) only.  ``act`` is a name or code (see activation);
+    ``alpha`` is leaky_relu's slope.  Returns ``out``.
+    """
+    a = act_code(act)
+    _check_layer(x, W)
+    _check.array("b", b, ndim=1, dtype=x.dtype, finite=True)
+    _check.shape("b", b, (W.shape[1],))
+    _check.array("out", out, ndim=2, dtype=x.dtype, writeable=True)
+    _check.shape("out", out, (x.shape[0], W.shape[1]))
+    _check.no_overlap("out", out, ("x", x), ("W", W), ("b", b))
+    alpha = _check.scalar("alpha", alpha)
+    _forward(out, x, W, b, a, alpha, _check.threads(nthreads))
+    return out
+
+
+def dense_backward(dx, dW, db, dout, x, W, y, act="identity", alpha=0.01, nthreads=None):
+    """Backward of ``y = act(x @ W + b)``.
+
+    Reads x, W, y (the forward output) and dout.  Writes, *overwriting*:
+    ``dout`` <- dz = dout * act'(y) (used as scratch, documented side effect),
+    ``dW`` (D, F) = x^T dz, ``db`` (F,) = column sums of dz, and ``dx`` (N, D) =
+    dz W^T unless ``dx`` is None (first layer).  Gradients are not accumulated.
+    """
+    a = act_code(act)
+    _check_layer(x, W)
+    N, F = x.shape[0], W.shape[1]
+    _check.array("dout", dout, ndim=2, dtype=x.dtype, writeable=True, finite=True)
+    _check.shape("dout", dout, (N, F))
+    _check.array("y", y, ndim=2, dtype=x.dtype, finite=True)
+    _check.shape("y", y, (N, F))
+    _check.array("dW", dW, ndim=2, dtype=x.dtype, writeable=True)
+    _check.shape("dW", dW, W.shape)
+    _check.array("db", db, ndim=1, dtype=x.dtype, writeable=True)
+    _check.shape("db", db, (F,))
+    want_dx = dx is not None
+    if want_dx:
+        _check.array("dx", dx, ndim=2, dtype=x.dtype, writeable=True)
+        _check.shape("dx", dx, x.shape)
+    else:
+        dx = x[:0]
+    outs = [("dW", dW), ("db", db)] + ([("dx", dx)] if want_dx else [])
+    ins = [("x", x), ("W", W), ("y", y), ("dout", dout)]
+    for on, o in outs:
+        _check.no_overlap(on, o, *[p for p in outs + ins if p[0] != on])
+    alpha = _check.scalar("alpha", alpha)
+    _backward(dx, dW, db, dout, x, W, y, a, alpha, want_dx, _check.threads(nthreads))
+    return dx if want_dx else None
