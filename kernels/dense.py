@@ -16,7 +16,8 @@ from numba import prange
 from . import _check
 from ._blas import gemm
 from ._jit import cast_like, jit
-from .activation import act_code, act_grad_block, bias_act_block, split
+from .activation import IDENTITY, act_code, act_grad_block, bias_act_block, split
+from .activation import _backward as _act_backward
 
 
 @jit
@@ -51,18 +52,37 @@ def grad_block(dW, db, x, dz, d0, d1, f0, f1, scale, beta):
 
 
 @jit(parallel=True)
-def _backward(dx, dW, db, dout, x, W, y, act, alpha, want_dx, nchunks):
-    N, F = dout.shape
+def backward_step(dx, dW, db, dz, x, W, b, prev_y, prev_act, prev_alpha, want_dx,
+                  fused_sgd, lr, wd, nchunks):
+    """One parallel region: dx, then the weight gradient (or the SGD update) per block.
+
+    Thread c owns rows [d0, d1) of W and columns [f0, f1) of the bias.  It first
+    computes ``dx[:, d0:d1] = dz @ W[d0:d1]^T`` and multiplies it by the
+    previous layer's activation derivative (``prev_act`` at ``prev_y``), so
+    ``dx`` leaves as the previous layer's dz.  Then, with ``fused_sgd``, it
+    updates its own rows in place, ``W[d0:d1] = (1 - lr wd) W[d0:d1] - lr
+    x[:, d0:d1]^T dz`` (and b likewise): no other thread reads those rows, so
+    the update needs no gradient buffer and no extra pass.  Otherwise it writes
+    (overwrites) ``dW``/``db``.
+    """
+    N, F = dz.shape
     D = W.shape[0]
-    for c in prange(nchunks):
-        r0, r1 = split(N, nchunks, c)
-        act_grad_block(dout, y, act, alpha, r0, r1, 0, F)
     for c in prange(nchunks):
         d0, d1 = split(D, nchunks, c)
         f0, f1 = split(F, nchunks, c)
-        grad_block(dW, db, x, dout, d0, d1, f0, f1, 1.0, 0.0)
         if want_dx:
-            gemm(dx[:, d0:d1], dout, W[d0:d1], False, True, 1.0, 0.0)
+            gemm(dx[:, d0:d1], dz, W[d0:d1], False, True, 1.0, 0.0)
+            act_grad_block(dx, prev_y, prev_act, prev_alpha, 0, N, d0, d1)
+        if fused_sgd:
+            grad_block(W, b, x, dz, d0, d1, f0, f1, -lr, 1.0 - lr * wd)
+        else:
+            grad_block(dW, db, x, dz, d0, d1, f0, f1, 1.0, 0.0)
+
+
+def act_backward_inplace(dout, y, act, alpha, nchunks):
+    """dout *= act'(y) in parallel (skipped for identity)."""
+    if act != IDENTITY:
+        _act_backward(dout, dout, y, act, alpha, nchunks)
 
 
 def _check_layer(x, W):
@@ -121,5 +141,7 @@ def dense_backward(dx, dW, db, dout, x, W, y, act="identity", alpha=0.01, nthrea
     for on, o in outs:
         _check.no_overlap(on, o, *[p for p in outs + ins if p[0] != on])
     alpha = _check.scalar("alpha", alpha)
-    _backward(dx, dW, db, dout, x, W, y, a, alpha, want_dx, _check.threads(nthreads))
+    nt = _check.threads(nthreads)
+    act_backward_inplace(dout, y, a, alpha, nt)
+    backward_step(dx, dW, db, dout, x, W, db, x[:0], IDENTITY, 0.0, want_dx, False, 0.0, 0.0, nt)
     return dx if want_dx else None

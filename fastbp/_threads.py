@@ -1,0 +1,28 @@
+"""One thread domain: numba's.  BLAS is always called single-threaded from inside
+numba's parallel regions (see kernels/_blas.py), so one number governs both."""
+import numba
+
+
+def set_num_threads(n):
+    """Use ``n`` threads for every fastbp kernel (numba's pool; BLAS calls stay single-threaded)."""
+    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+        raise ValueError(f"n: expected a positive int, got {n!r}")
+    if n > numba.config.NUMBA_NUM_THREADS:
+        raise ValueError(f"n: at most {numba.config.NUMBA_NUM_THREADS} threads are available "
+                         f"(NUMBA_NUM_THREADS), got {n}")
+    numba.set_num_threads(n)
+
+
+def get_num_threads():
+    return numba.get_num_threads()
+
+
+def threading_info():
+    """Which threading layer and BLAS fastbp runs on (the layer is known after the first parallel call)."""
+    from .kernels import _blas
+    try:
+        layer = numba.threading_layer()
+    except ValueError:
+        layer = None
+    return {"numba_threads": numba.get_num_threads(), "threading_layer": layer,
+            "blas": _blas.BACKEND, "blas_library": _blas.LIBRARY_PATH, "blas_threads_per_call": 1}

@@ -1,0 +1,116 @@
+"""Inverted dropout with a counter-based RNG.
+
+Shapes: N=batch, F=features; x, out, dout, dx are (N, F).
+
+The keep decision for element i (flat index) of a call is a pure function of
+(seed, step, layer, i): a splitmix64-style hash, its top 24 bits compared with
+p.  So the mask is reproducible, needs no stored state, is identical for any
+thread count, and backward recomputes it instead of storing it.
+    out = x * keep / (1 - p)      dx = dout * keep / (1 - p)
+"""
+import numpy as np
+from numba import prange
+
+from . import _check
+from ._jit import cast_like, jit
+from .activation import IDENTITY, act_grad_block, split
+
+_M1 = np.uint64(0xBF58476D1CE4E5B9)
+_M2 = np.uint64(0x94D049BB133111EB)
+_GOLD = np.uint64(0x9E3779B97F4A7C15)
+_S30 = np.uint64(30)
+_S27 = np.uint64(27)
+_S31 = np.uint64(31)
+_S40 = np.uint64(40)
+
+
+@jit
+def _mix(z):
+    z = (z ^ (z >> _S30)) * _M1
+    z = (z ^ (z >> _S27)) * _M2
+    return z ^ (z >> _S31)
+
+
+@jit
+def stream_key(seed, step, layer):
+    """Key of one dropout call: distinct (seed, step, layer) give independent masks."""
+    k = _mix(np.uint64(seed) * _GOLD + np.uint64(1))
+    k = _mix(k ^ (np.uint64(step) * _M1 + np.uint64(2)))
+    return _mix(k ^ (np.uint64(layer) * _M2 + np.uint64(3)))
+
+
+@jit
+def keep_threshold(p):
+    """Element kept iff (hash >> 40) >= threshold, i.e. with probability 1 - p (to 2**-24)."""
+    return np.uint64(int(p * 16777216.0 + 0.5))
+
+
+@jit
+def apply_block(out, x, key, thresh, scale, r0, r1):
+    F = x.shape[1]
+    s = cast_like(scale, x)
+    zero = cast_like(0.0, x)
+    for n in range(r0, r1):
+        base = key + np.uint64(n * F) * _GOLD
+        xr = x[n]
+        o = out[n]
+        for f in range(F):
+            h = _mix(base + np.uint64(f) * _GOLD)
+            o[f] = xr[f] * s if (h >> _S40) >= thresh else zero
+
+
+@jit(parallel=True)
+def forward(out, x, key, thresh, scale, nchunks):
+    N = x.shape[0]
+    for c in prange(nchunks):
+        r0, r1 = split(N, nchunks, c)
+        apply_block(out, x, key, thresh, scale, r0, r1)
+
+
+@jit(parallel=True)
+def backward(dx, dout, key, thresh, scale, prev_y, prev_act, prev_alpha, nchunks):
+    """dx = dout * mask / (1 - p), then times the previous activation's derivative."""
+    N, F = dout.shape
+    for c in prange(nchunks):
+        r0, r1 = split(N, nchunks, c)
+        apply_block(dx, dout, key, thresh, scale, r0, r1)
+        act_grad_block(dx, prev_y, prev_act, prev_alpha, r0, r1, 0, F)
+
+
+def _check_p(p):
+    p = _check.scalar("p", p, lo=0)
+    if p >= 1:
+        raise ValueError(f"p: dropout probability must be in [0, 1), got {p!r}")
+    return p
+
+
+def _check_seed(name, v):
+    if int(v) != v or v < 0:
+        raise ValueError(f"{name}: expected a non-negative integer, got {v!r}")
+    return int(v)
+
+
+def dropout_forward(out, x, p, seed, step=0, layer=0, nthreads=None):
+    """out = x * keep / (1 - p) with the mask of (seed, step, layer).  Writes ``out`` (may be ``x``)."""
+    p = _check_p(p)
+    _check.array("x", x, ndim=2, finite=True)
+    _check.nonempty("x", x.shape[0])
+    _check.array("out", out, ndim=2, dtype=x.dtype, writeable=True)
+    _check.shape("out", out, x.shape)
+    key = stream_key(_check_seed("seed", seed), _check_seed("step", step), _check_seed("layer", layer))
+    forward(out, x, key, keep_threshold(p), 1.0 / (1.0 - p), _check.threads(nthreads))
+    return out
+
+
+def dropout_backward(dx, dout, p, seed, step=0, layer=0, nthreads=None):
+    """dx = dout * keep / (1 - p), the same mask as the forward call with these (seed, step, layer).
+    Writes (overwrites) ``dx`` (may be ``dout``)."""
+    p = _check_p(p)
+    _check.array("dout", dout, ndim=2, finite=True)
+    _check.nonempty("dout", dout.shape[0])
+    _check.array("dx", dx, ndim=2, dtype=dout.dtype, writeable=True)
+    _check.shape("dx", dx, dout.shape)
+    key = stream_key(_check_seed("seed", seed), _check_seed("step", step), _check_seed("layer", layer))
+    backward(dx, dout, key, keep_threshold(p), 1.0 / (1.0 - p), dout[:0], IDENTITY, 0.0,
+             _check.threads(nthreads))
+    return dx
