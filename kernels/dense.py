@@ -44,7 +44,7 @@ def grad_block(dW, db, x, dz, d0, d1, f0, f1, scale, beta):
     s = cast_like(scale, dz)
     bt = cast_like(beta, dz)
     for f in range(f0, f1):
-        db[f] = db[f] * bt
+        db[f] = db[f] * bt if beta != 0.0 else bt   # beta = 0 overwrites (no NaN * 0)
     for n in range(N):
         row = dz[n]
         for f in range(f0, f1):

@@ -1,0 +1,36 @@
+"""History export: JSON and CSV (one row per epoch; grad norms go to JSON only)."""
+import csv
+import json
+import os
+
+EPOCH_KEYS = ("epoch", "loss", "accuracy", "val_loss", "val_accuracy", "seconds", "samples_per_s", "lr")
+
+
+def save_history(history, path):
+    path = os.fspath(path)
+    if path.endswith(".csv"):
+        keys = [k for k in EPOCH_KEYS if history.get(k)]
+        n = len(history["epoch"])
+        with open(path, "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(keys)
+            for i in range(n):
+                w.writerow([history[k][i] if i < len(history[k]) else "" for k in keys])
+    else:
+        with open(path, "w") as f:
+            json.dump(history, f, indent=1)
+    return path
+
+
+def load_history(path):
+    path = os.fspath(path)
+    if path.endswith(".csv"):
+        with open(path, newline="") as f:
+            rows = list(csv.DictReader(f))
+        out = {k: [] for k in (rows[0].keys() if rows else [])}
+        for r in rows:
+            for k, v in r.items():
+                out[k].append(float(v) if v not in ("", "None") else None)
+        return out
+    with open(path) as f:
+        return json.load(f)
