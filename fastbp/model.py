@@ -84,6 +84,8 @@ class Model:
         self.dtype = np.dtype(dtype)
         if self.dtype.type not in (np.float32, np.float64):
             raise TypeError(f"dtype: expected float32 or float64, got {self.dtype}")
+        if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool) or not 0 <= seed < 2 ** 63:
+            raise ValueError(f"seed: expected an integer in [0, 2**63), got {seed!r}")
         self.specs, self.loss, self.seed = list(layers), loss, int(seed)
         self.training = True
         self.input_dim = None
@@ -198,8 +200,7 @@ class Model:
                            nd.spec.momentum, nd.spec.eps, training, nd.act, nd.alpha, nt)
             elif nd.kind == "dropout":
                 if training and nd.spec.p > 0:
-                    KR.forward(out, x, KR.stream_key(self.seed, step, i), KR.keep_threshold(nd.spec.p),
-                               1.0 / (1.0 - nd.spec.p), nt)
+                    KR.forward(out, x, self.seed, step, i, nd.spec.p, nt)
                 else:
                     out[...] = x
             else:
@@ -243,8 +244,7 @@ class Model:
                         p -= lr * (g + wd * p)
             elif want_dx and nd.kind == "dropout":
                 if training and nd.spec.p > 0:
-                    KR.backward(dx, dz, KR.stream_key(self.seed, step, i), KR.keep_threshold(nd.spec.p),
-                                1.0 / (1.0 - nd.spec.p), x, pact, palpha, nt)
+                    KR.backward(dx, dz, self.seed, step, i, nd.spec.p, x, pact, palpha, nt)
                 else:
                     KA._backward(dx, dz, x, pact, palpha, nt)
             elif want_dx:  # standalone activation: its own derivative was applied by its successor
@@ -502,7 +502,7 @@ class Model:
     @staticmethod
     def _read(path):
         try:
-            with np.load(path, allow_pickle=False) as z:
+            with open(path, "rb") as f, np.load(f, allow_pickle=False) as z:
                 arrays = {k: z[k] for k in z.files}
             meta = json.loads(arrays.pop("meta_json").tobytes().decode())
         except FileNotFoundError:

@@ -90,13 +90,25 @@ def split(n, parts, i):
     return (i * n) // parts, ((i + 1) * n) // parts
 
 
+@jit
+def _copy_rows(dst, src, r0, r1):
+    """dst[r0:r1] = src[r0:r1] without numba's overlap temporary (a no-op when dst is src)."""
+    if dst.ctypes.data == src.ctypes.data:
+        return
+    for r in range(r0, r1):
+        d = dst[r]
+        s = src[r]
+        for c in range(src.shape[1]):
+            d[c] = s[c]
+
+
 @jit(parallel=True)
 def _forward(out, x, act, alpha, nchunks):
     N, F = x.shape
     empty = x[0, :0]
     for c in prange(nchunks):
         r0, r1 = split(N, nchunks, c)
-        out[r0:r1] = x[r0:r1]
+        _copy_rows(out, x, r0, r1)
         bias_act_block(out, empty, act, alpha, r0, r1, 0, F)
 
 
@@ -105,7 +117,7 @@ def _backward(dx, dout, y, act, alpha, nchunks):
     N, F = y.shape
     for c in prange(nchunks):
         r0, r1 = split(N, nchunks, c)
-        dx[r0:r1] = dout[r0:r1]
+        _copy_rows(dx, dout, r0, r1)
         act_grad_block(dx, y, act, alpha, r0, r1, 0, F)
 
 

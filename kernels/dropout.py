@@ -60,17 +60,24 @@ def apply_block(out, x, key, thresh, scale, r0, r1):
 
 
 @jit(parallel=True)
-def forward(out, x, key, thresh, scale, nchunks):
+def forward(out, x, seed, step, layer, p, nchunks):
+    """out = x * keep / (1 - p), the mask of (seed, step, layer)."""
     N = x.shape[0]
+    key = stream_key(seed, step, layer)   # uint64 inside the kernel (a Python int would type as int64)
+    thresh = keep_threshold(p)
+    scale = 1.0 / (1.0 - p)
     for c in prange(nchunks):
         r0, r1 = split(N, nchunks, c)
         apply_block(out, x, key, thresh, scale, r0, r1)
 
 
 @jit(parallel=True)
-def backward(dx, dout, key, thresh, scale, prev_y, prev_act, prev_alpha, nchunks):
+def backward(dx, dout, seed, step, layer, p, prev_y, prev_act, prev_alpha, nchunks):
     """dx = dout * mask / (1 - p), then times the previous activation's derivative."""
     N, F = dout.shape
+    key = stream_key(seed, step, layer)
+    thresh = keep_threshold(p)
+    scale = 1.0 / (1.0 - p)
     for c in prange(nchunks):
         r0, r1 = split(N, nchunks, c)
         apply_block(dx, dout, key, thresh, scale, r0, r1)
@@ -85,8 +92,8 @@ def _check_p(p):
 
 
 def _check_seed(name, v):
-    if int(v) != v or v < 0:
-        raise ValueError(f"{name}: expected a non-negative integer, got {v!r}")
+    if int(v) != v or not 0 <= v < 2 ** 63:
+        raise ValueError(f"{name}: expected an integer in [0, 2**63), got {v!r}")
     return int(v)
 
 
@@ -97,8 +104,8 @@ def dropout_forward(out, x, p, seed, step=0, layer=0, nthreads=None):
     _check.nonempty("x", x.shape[0])
     _check.array("out", out, ndim=2, dtype=x.dtype, writeable=True)
     _check.shape("out", out, x.shape)
-    key = stream_key(_check_seed("seed", seed), _check_seed("step", step), _check_seed("layer", layer))
-    forward(out, x, key, keep_threshold(p), 1.0 / (1.0 - p), _check.threads(nthreads))
+    forward(out, x, _check_seed("seed", seed), _check_seed("step", step), _check_seed("layer", layer), p,
+            _check.threads(nthreads))
     return out
 
 
@@ -110,7 +117,6 @@ def dropout_backward(dx, dout, p, seed, step=0, layer=0, nthreads=None):
     _check.nonempty("dout", dout.shape[0])
     _check.array("dx", dx, ndim=2, dtype=dout.dtype, writeable=True)
     _check.shape("dx", dx, dout.shape)
-    key = stream_key(_check_seed("seed", seed), _check_seed("step", step), _check_seed("layer", layer))
-    backward(dx, dout, key, keep_threshold(p), 1.0 / (1.0 - p), dout[:0], IDENTITY, 0.0,
-             _check.threads(nthreads))
+    backward(dx, dout, _check_seed("seed", seed), _check_seed("step", step), _check_seed("layer", layer), p,
+             dout[:0], IDENTITY, 0.0, _check.threads(nthreads))
     return dx

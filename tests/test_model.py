@@ -1,0 +1,222 @@
+"""Model API: gradients vs reference, determinism, batch sizes, checkpoints, allocation-free steps."""
+import gc
+import os
+import tracemalloc
+
+import numpy as np
+import pytest
+
+import fastbp
+from fastbp import Activation, BatchNorm, Dense, Dropout, Model
+from fastbp import reference as R
+
+
+def _data(rng, n=300, d=12, c=3, dtype=np.float32):
+    X = rng.standard_normal((n, d)).astype(dtype)
+    y = (np.abs(X[:, :3]).argmax(axis=1)).astype(np.int64) % c
+    return X, y
+
+
+def test_one_step_matches_reference_mlp(rng):
+    X, y = _data(rng, 37, 9, 4, np.float64)
+    m = Model([Dense(16, "tanh"), Dense(8, "sigmoid"), Dense(4)], input_dim=9, dtype="float64", seed=3)
+    layers = [R.Dense(nd.W.copy(), nd.b.copy(), ("tanh", "sigmoid", None)[i]) for i, nd in enumerate(m.nodes)]
+    m.fit(X, y, epochs=1, batch_size=37, lr=0.5, shuffle=False)
+    h = X
+    for l in layers:
+        h = l.forward(h)
+    ce = R.SoftmaxCrossEntropy()
+    ce.forward(h, y)
+    d = ce.backward()
+    for l in reversed(layers):
+        d = l.backward(d)
+    for l, nd in zip(layers, m.nodes):
+        np.testing.assert_allclose(nd.W, l.W - 0.5 * l.dW, rtol=1e-10, atol=1e-12)
+        np.testing.assert_allclose(nd.b, l.b - 0.5 * l.db, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("opt", ["sgd", "adam"])
+def test_fused_and_unfused_paths_agree(rng, opt):
+    X, y = _data(rng, 64, 10, 3, np.float64)
+    a = Model([Dense(12, "relu"), Dense(3)], input_dim=10, dtype="float64")
+    b = Model([Dense(12, "relu"), Dense(3)], input_dim=10, dtype="float64")
+    a.fit(X, y, epochs=2, batch_size=16, lr=0.05, optimizer=opt)
+    b.fit(X, y, epochs=2, batch_size=16, lr=0.05, optimizer=opt, track_grad_norms=True)  # forces the grads buffer
+    np.testing.assert_allclose(a.params, b.params, rtol=1e-10, atol=1e-12)
+
+
+def test_params_and_grads_are_single_flat_buffers():
+    m = Model([Dense(5, "tanh"), BatchNorm("relu"), Dense(2)], input_dim=3)
+    assert m.params.size == 3 * 5 + 5 + 5 + 5 + 5 * 2 + 2
+    for i, name, view in m.layer_params():
+        assert np.shares_memory(view, m.params)
+    assert m.nodes[0].dW.base is m.grads or np.shares_memory(m.nodes[0].dW, m.grads)
+
+
+def test_last_smaller_batch_and_history(rng):
+    X, y = _data(rng, 301)
+    m = Model([Dense(16, "tanh"), Dense(3)])
+    h = m.fit(X, y, epochs=2, batch_size=128, lr=0.1, validation_data=(X[:50], y[:50]))
+    assert len(h["loss"]) == 2 and len(h["val_accuracy"]) == 2
+    assert m.step_count == 2 * 3  # 128 + 128 + 45
+    assert all(s > 0 for s in h["seconds"])
+    assert 0 <= h["accuracy"][-1] <= 1
+
+
+def test_same_seed_same_threads_bitwise_identical(rng):
+    X, y = _data(rng, 500)
+    ps = []
+    for _ in range(2):
+        m = Model([Dense(32, "tanh"), Dropout(0.2), Dense(16, "relu"), Dense(3)], seed=4)
+        m.fit(X, y, epochs=2, batch_size=64, lr=0.1, seed=9)
+        ps.append(m.params.copy())
+    assert np.array_equal(ps[0], ps[1])
+    m = Model([Dense(32, "tanh"), Dropout(0.2), Dense(16, "relu"), Dense(3)], seed=4)
+    m.fit(X, y, epochs=2, batch_size=64, lr=0.1, seed=10)
+    assert not np.array_equal(ps[0], m.params), "a different shuffle seed should change the result"
+
+
+def test_predict_evaluate_and_proba(rng):
+    X, y = _data(rng, 200)
+    m = Model([Dense(16, "tanh"), Dense(3)])
+    m.fit(X, y, epochs=3, lr=0.2)
+    p = m.predict_proba(X)
+    np.testing.assert_allclose(p.sum(axis=1), 1, rtol=1e-5)
+    assert np.array_equal(m.predict(X), p.argmax(1))
+    ev = m.evaluate(X, y)
+    assert ev["accuracy"] == pytest.approx((m.predict(X) == y).mean())
+
+
+def test_model_input_errors(rng):
+    X, y = _data(rng, 20)
+    m = Model([Dense(4, "tanh"), Dense(3)])
+    with pytest.raises(ValueError, match="y: value 7 at index 0 is out of range"):
+        m.fit(X, np.full(20, 7), epochs=1)
+    with pytest.raises(ValueError, match="X: expected 12 features, got 5"):
+        m.fit(X[:, :5], y)
+    X2 = X.copy()
+    X2[3, 3] = np.nan
+    with pytest.raises(ValueError, match="X: contains NaN"):
+        m.fit(X2, y)
+    with pytest.raises(ValueError, match="batch_size: expected a positive int"):
+        m.fit(X, y, batch_size=0)
+    with pytest.raises(ValueError, match="X: empty"):
+        m.predict(X[:0])
+    with pytest.raises(ValueError, match="last layer must output logits"):
+        Model([Dense(3, "sigmoid")], input_dim=2)
+    with pytest.raises(ValueError, match="unknown activation"):
+        Dense(3, "swish")
+
+
+def test_zeros_init_warns():
+    with pytest.warns(UserWarning, match="symmetric"):
+        Model([Dense(4, "tanh", init="zeros"), Dense(2)], input_dim=3)
+
+
+def test_save_load_bitwise_and_errors(rng, tmp_path):
+    X, y = _data(rng, 200)
+    m = Model([Dense(16), BatchNorm("tanh"), Dropout(0.1), Dense(3)], seed=2)
+    m.fit(X, y, epochs=2, lr=0.05, optimizer="adam")
+    path = tmp_path / "m.npz"
+    m.save(path)
+    m2 = Model.load(path)
+    assert np.array_equal(m.predict_proba(X), m2.predict_proba(X))
+    assert not any(f.name.startswith(".fastbp-") for f in tmp_path.iterdir()), "temp file left behind"
+    with open(path, "rb") as f:
+        assert b"pickle" not in f.read(200)
+    bad = tmp_path / "bad.npz"
+    bad.write_bytes(path.read_bytes()[:300])
+    with pytest.raises(ValueError, match="not a valid fastbp checkpoint"):
+        Model.load(bad)
+    other = Model([Dense(8, "tanh"), Dense(3)], input_dim=12)
+    with pytest.raises(ValueError, match="different architecture"):
+        other.fit(X, y, epochs=1, checkpoint=str(path))
+
+
+def test_checkpoint_resume_continues_same_trajectory(rng, tmp_path):
+    X, y = _data(rng, 256)
+    layers = [Dense(16, "tanh"), Dropout(0.2), Dense(3)]
+    full = Model(layers, seed=1)
+    full.fit(X, y, epochs=4, batch_size=32, optimizer=fastbp.Adam(lr=0.01), seed=5)
+    ck = str(tmp_path / "ck.npz")
+    part = Model(layers, seed=1)
+    part.fit(X, y, epochs=2, batch_size=32, optimizer=fastbp.Adam(lr=0.01), seed=5, checkpoint=ck)
+    resumed = Model(layers, seed=1)
+    resumed.fit(X, y, epochs=4, batch_size=32, optimizer=fastbp.Adam(lr=0.01), seed=5, checkpoint=ck)
+    assert resumed.epochs_done == 4
+    assert np.array_equal(full.params, resumed.params)
+
+
+def test_steady_state_step_allocates_nothing(rng, monkeypatch):
+    """No kernel allocates during a steady-state step, measured with numba's NRT statistics.
+
+    numba wraps every ndarray argument that crosses from Python into a jitted function in a small
+    MemInfo (freed on return); those are counted by wrapping each kernel the Model calls, and the NRT
+    allocation count over a step must equal exactly that number: any temporary array, copy or
+    reduction buffer inside a kernel would add to it.  tracemalloc checks that no array-sized Python
+    allocation happens either.
+    """
+    from numba.core.runtime import _nrt_python, rtsys
+    from fastbp import model as model_mod
+    boundary = [0]
+
+    class Counting:
+        def __init__(self, mod):
+            self._mod = mod
+
+        def __getattr__(self, name):
+            f = getattr(self._mod, name)
+            if not hasattr(f, "py_func"):
+                return f
+
+            def call(*args):
+                boundary[0] += sum(isinstance(a, np.ndarray) for a in args)
+                return f(*args)
+            return call
+
+    for name in ("KD", "KB", "KR", "KA", "KL"):
+        monkeypatch.setattr(model_mod, name, Counting(getattr(model_mod, name)))
+    import fastbp.optim as optim_mod
+    monkeypatch.setattr(optim_mod, "K", Counting(optim_mod.K))
+    X, y = _data(rng, 512, 64, 10)
+    _nrt_python.memsys_enable_stats()
+    for opt in ("sgd", "adam"):
+        m = Model([Dense(256, "tanh"), BatchNorm("relu"), Dropout(0.1), Dense(32), Activation("sigmoid"),
+                   Dense(10)])
+        m.fit(X[:256], y[:256], epochs=1, batch_size=128, optimizer=opt)  # compile + workspace
+        ws = m._workspace(128)
+        ws.x[...] = X[:128]
+        ws.y[...] = y[:128]
+        m._train_step(ws, 0.01)
+        gc.collect()
+        boundary[0] = 0
+        before = rtsys.get_allocation_stats()
+        tracemalloc.start()
+        snap0 = tracemalloc.take_snapshot()
+        for _ in range(20):
+            m._train_step(ws, 0.01)
+        snap1 = tracemalloc.take_snapshot()
+        tracemalloc.stop()
+        after = rtsys.get_allocation_stats()
+        assert boundary[0] > 0
+        assert after.alloc - before.alloc == boundary[0], \
+            f"{opt}: {after.alloc - before.alloc - boundary[0]} allocations inside kernels over 20 steps"
+        assert after.free - before.free == after.alloc - before.alloc
+        grown = [s for s in snap1.compare_to(snap0, "lineno") if s.size_diff > 1024]
+        assert not grown, f"{opt}: Python memory grew during steps: {grown[:3]}"
+
+
+def test_set_num_threads_validates():
+    with pytest.raises(ValueError):
+        fastbp.set_num_threads(0)
+    info = fastbp.threading_info()
+    assert info["blas_threads_per_call"] == 1
+
+
+def test_standalone_activation_and_mse(rng):
+    X = rng.standard_normal((64, 3)).astype(np.float32)
+    t = np.stack([X.sum(1), X[:, 0] * 0.5], 1).astype(np.float32)
+    m = Model([Dense(16), Activation("tanh"), Activation("relu"), Dense(2)], loss="mse")
+    assert [nd.kind for nd in m.build(3).nodes] == ["dense", "act", "dense"]
+    h = m.fit(X, t, epochs=30, batch_size=16, lr=0.05)
+    assert h["loss"][-1] < h["loss"][0] * 0.5
