@@ -182,20 +182,26 @@ def load_mnist(data_dir=None, download=True):
     return _load(paths)
 
 
-def make_spheres(n=1000, radius_inner=1.0, radius_outer=2.0, noise=0.1, seed=0, dtype=np.float32):
-    """Two labelled 3-D point clouds: points near a sphere of ``radius_inner`` (label 0) and near a
-    concentric sphere of ``radius_outer`` (label 1), ``n`` points in all, shuffled.
+def make_spheres(n=1000, radius=1.0, distance=3.0, seed=0, dtype=np.float32):
+    """The two-sphere data: two labelled 3-D point clouds, ``n`` points in all (half each, shuffled),
+    sampled uniformly inside two balls of ``radius`` whose centres lie ``distance`` apart on the
+    diagonal: label 0 around the origin, label 1 around ``distance / sqrt(3) * (1, 1, 1)``.
 
-    Returns (X (n, 3), y (n,) int64).  Not linearly separable; a small MLP separates them.
+    With distance > 2 radius the classes are separable (by a plane), which a small sigmoid MLP
+    such as 3-3-2-1 learns; the set is the toy problem of the vanishing-gradient experiment.
+    Returns (X (n, 3), y (n,) int64).
     """
     if n < 2:
         raise ValueError(f"n: expected >= 2, got {n}")
+    if not distance > 0 or not radius > 0:
+        raise ValueError("radius and distance must be > 0")
     rng = np.random.default_rng(seed)
     d = rng.standard_normal((n, 3))
     d /= np.linalg.norm(d, axis=1, keepdims=True)
+    r = radius * rng.random(n) ** (1 / 3)          # uniform in the ball
     y = np.arange(n) % 2
-    r = np.where(y == 0, radius_inner, radius_outer) + noise * rng.standard_normal(n)
-    X = d * r[:, None]
+    centre = np.full(3, distance / np.sqrt(3))
+    X = d * r[:, None] + y[:, None] * centre
     perm = rng.permutation(n)
     return X[perm].astype(dtype), y[perm].astype(np.int64)
 

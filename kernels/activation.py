@@ -34,30 +34,36 @@ def act_code(act, name="act"):
     raise ValueError(f"{name}: unknown activation {act!r}; expected one of {sorted(set(NAMES))}")
 
 
+# Block loops slice first and then run from 0: numba cannot prove an index from range(c0, c1) is
+# non-negative, keeps its wraparound check in the loop and LLVM then does not vectorize it
+# (measured 535 us vs 45 us for tanh over 128x512 float32).
+
 @jit
 def bias_act_block(Z, b, act, alpha, r0, r1, c0, c1):
     """Z[r, c] = act(Z[r, c] + b[c]) for r in [r0, r1), c in [c0, c1) (b may be empty: no bias)."""
     has_b = b.shape[0] > 0
     a = cast_like(alpha, Z)
     zero = cast_like(0.0, Z)
+    bb = b[c0:c1] if has_b else b
+    n = c1 - c0
     for r in range(r0, r1):
-        row = Z[r]
+        row = Z[r, c0:c1]
         if has_b:
-            for c in range(c0, c1):
-                row[c] += b[c]
+            for c in range(n):
+                row[c] += bb[c]
         if act == TANH:
-            for c in range(c0, c1):
+            for c in range(n):
                 row[c] = tanh(row[c])
         elif act == RELU:
-            for c in range(c0, c1):
+            for c in range(n):
                 v = row[c]
                 row[c] = v if v > zero else zero
         elif act == LEAKY_RELU:
-            for c in range(c0, c1):
+            for c in range(n):
                 v = row[c]
                 row[c] = v if v > zero else a * v
         elif act == SIGMOID:
-            for c in range(c0, c1):
+            for c in range(n):
                 row[c] = sigmoid(row[c])
 
 
@@ -67,20 +73,23 @@ def act_grad_block(D, Y, act, alpha, r0, r1, c0, c1):
     one = cast_like(1.0, D)
     zero = cast_like(0.0, D)
     a = cast_like(alpha, D)
+    n = c1 - c0
+    if act == IDENTITY:
+        return
     for r in range(r0, r1):
-        d = D[r]
-        y = Y[r]
+        d = D[r, c0:c1]
+        y = Y[r, c0:c1]
         if act == TANH:
-            for c in range(c0, c1):
+            for c in range(n):
                 d[c] *= one - y[c] * y[c]
         elif act == RELU:
-            for c in range(c0, c1):
+            for c in range(n):
                 d[c] = d[c] if y[c] > zero else zero
         elif act == LEAKY_RELU:
-            for c in range(c0, c1):
+            for c in range(n):
                 d[c] = d[c] if y[c] > zero else a * d[c]
         elif act == SIGMOID:
-            for c in range(c0, c1):
+            for c in range(n):
                 d[c] *= y[c] * (one - y[c])
 
 

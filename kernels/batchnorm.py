@@ -24,40 +24,44 @@ from .activation import IDENTITY, act_code, act_grad_block, bias_act_block, spli
 @jit
 def forward_block(out, x, gamma, beta, mean, inv_std, rmean, rvar, momentum, eps, training, act, alpha,
                   f0, f1):
+    # loops run over slices from 0 so they vectorize (see activation.bias_act_block)
     N = x.shape[0]
+    nf = f1 - f0
+    mu, istd, g = mean[f0:f1], inv_std[f0:f1], gamma[f0:f1]
+    rm, rv = rmean[f0:f1], rvar[f0:f1]
     if training:
-        for f in range(f0, f1):
-            mean[f] = 0
-            inv_std[f] = 0
+        for f in range(nf):
+            mu[f] = 0
+            istd[f] = 0
         for n in range(N):
-            row = x[n]
-            for f in range(f0, f1):
-                mean[f] += row[f]
+            row = x[n, f0:f1]
+            for f in range(nf):
+                mu[f] += row[f]
         inv_n = cast_like(1.0 / N, x)
-        for f in range(f0, f1):
-            mean[f] *= inv_n
+        for f in range(nf):
+            mu[f] *= inv_n
         for n in range(N):       # second pass: variance about the mean (stable)
-            row = x[n]
-            for f in range(f0, f1):
-                d = row[f] - mean[f]
-                inv_std[f] += d * d
+            row = x[n, f0:f1]
+            for f in range(nf):
+                d = row[f] - mu[f]
+                istd[f] += d * d
         mom = cast_like(momentum, x)
         keep = cast_like(1.0 - momentum, x)
         unbias = cast_like(N / (N - 1.0) if N > 1 else 1.0, x)
-        for f in range(f0, f1):
-            var = inv_std[f] * inv_n
-            rmean[f] = keep * rmean[f] + mom * mean[f]
-            rvar[f] = keep * rvar[f] + mom * var * unbias
-            inv_std[f] = 1.0 / math.sqrt(var + eps)
+        for f in range(nf):
+            var = istd[f] * inv_n
+            rm[f] = keep * rm[f] + mom * mu[f]
+            rv[f] = keep * rv[f] + mom * var * unbias
+            istd[f] = 1.0 / math.sqrt(var + eps)
     else:
-        for f in range(f0, f1):
-            mean[f] = rmean[f]
-            inv_std[f] = 1.0 / math.sqrt(rvar[f] + eps)
+        for f in range(nf):
+            mu[f] = rm[f]
+            istd[f] = 1.0 / math.sqrt(rv[f] + eps)
     for n in range(N):
-        xr = x[n]
-        orow = out[n]
-        for f in range(f0, f1):
-            orow[f] = gamma[f] * ((xr[f] - mean[f]) * inv_std[f])
+        xr = x[n, f0:f1]
+        orow = out[n, f0:f1]
+        for f in range(nf):
+            orow[f] = g[f] * ((xr[f] - mu[f]) * istd[f])
     bias_act_block(out, beta, act, alpha, 0, N, f0, f1)
 
 
@@ -74,29 +78,32 @@ def forward(out, x, gamma, beta, mean, inv_std, rmean, rvar, momentum, eps, trai
 def backward_block(dx, dgamma, dbeta, dz, x, gamma, mean, inv_std, training, prev_act, prev_alpha, want_dx,
                    f0, f1):
     N = x.shape[0]
-    for f in range(f0, f1):
-        dgamma[f] = 0
-        dbeta[f] = 0
+    nf = f1 - f0
+    mu, istd, g = mean[f0:f1], inv_std[f0:f1], gamma[f0:f1]
+    dg, db = dgamma[f0:f1], dbeta[f0:f1]
+    for f in range(nf):
+        dg[f] = 0
+        db[f] = 0
     for n in range(N):
-        d = dz[n]
-        xr = x[n]
-        for f in range(f0, f1):
-            dbeta[f] += d[f]
-            dgamma[f] += d[f] * ((xr[f] - mean[f]) * inv_std[f])
+        d = dz[n, f0:f1]
+        xr = x[n, f0:f1]
+        for f in range(nf):
+            db[f] += d[f]
+            dg[f] += d[f] * ((xr[f] - mu[f]) * istd[f])
     if not want_dx:
         return
     inv_n = cast_like(1.0 / N, x)
     for n in range(N):
-        d = dz[n]
-        xr = x[n]
-        o = dx[n]
+        d = dz[n, f0:f1]
+        xr = x[n, f0:f1]
+        o = dx[n, f0:f1]
         if training:
-            for f in range(f0, f1):
-                xhat = (xr[f] - mean[f]) * inv_std[f]
-                o[f] = gamma[f] * inv_std[f] * (d[f] - inv_n * (dbeta[f] + xhat * dgamma[f]))
+            for f in range(nf):
+                xhat = (xr[f] - mu[f]) * istd[f]
+                o[f] = g[f] * istd[f] * (d[f] - inv_n * (db[f] + xhat * dg[f]))
         else:
-            for f in range(f0, f1):
-                o[f] = gamma[f] * inv_std[f] * d[f]
+            for f in range(nf):
+                o[f] = g[f] * istd[f] * d[f]
     act_grad_block(dx, x, prev_act, prev_alpha, 0, N, f0, f1)
 
 

@@ -43,12 +43,14 @@ def grad_block(dW, db, x, dz, d0, d1, f0, f1, scale, beta):
     N = dz.shape[0]
     s = cast_like(scale, dz)
     bt = cast_like(beta, dz)
-    for f in range(f0, f1):
-        db[f] = db[f] * bt if beta != 0.0 else bt   # beta = 0 overwrites (no NaN * 0)
+    dbb = db[f0:f1]
+    nf = f1 - f0
+    for f in range(nf):
+        dbb[f] = dbb[f] * bt if beta != 0.0 else bt   # beta = 0 overwrites (no NaN * 0)
     for n in range(N):
-        row = dz[n]
-        for f in range(f0, f1):
-            db[f] += s * row[f]
+        row = dz[n, f0:f1]
+        for f in range(nf):
+            dbb[f] += s * row[f]
 
 
 @jit(parallel=True)

@@ -27,17 +27,21 @@ def sgd_block(p, g, vel, lr, mu, nesterov, wd, i0, i1):
     lr_ = cast_like(lr, p)
     mu_ = cast_like(mu, p)
     wd_ = cast_like(wd, p)
+    p = p[i0:i1]
+    g = g[i0:i1]
+    vel = vel[i0:i1] if mu != 0.0 else vel
+    i0, i1 = 0, p.shape[0]
     if mu == 0.0:
-        for i in range(i0, i1):
+        for i in range(i1):
             p[i] -= lr_ * (g[i] + wd_ * p[i])
     elif nesterov:
-        for i in range(i0, i1):
+        for i in range(i1):
             gi = g[i] + wd_ * p[i]
             v = mu_ * vel[i] + gi
             vel[i] = v
             p[i] -= lr_ * (gi + mu_ * v)
     else:
-        for i in range(i0, i1):
+        for i in range(i1):
             v = mu_ * vel[i] + g[i] + wd_ * p[i]
             vel[i] = v
             p[i] -= lr_ * v
@@ -56,7 +60,8 @@ def adam_block(p, g, m, v, t, lr, b1, b2, eps, wd, decoupled, i0, i1):
     a2 = cast_like(1.0 - b2, p)
     wd_ = cast_like(0.0 if decoupled else wd, p)
     shrink = cast_like(1.0 - lr * wd if decoupled else 1.0, p)
-    for i in range(i0, i1):
+    p, g, m, v = p[i0:i1], g[i0:i1], m[i0:i1], v[i0:i1]
+    for i in range(p.shape[0]):
         gi = g[i] + wd_ * p[i]
         mi = b1_ * m[i] + a1 * gi
         vi = b2_ * v[i] + a2 * gi * gi

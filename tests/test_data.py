@@ -12,7 +12,8 @@ def _write_idx(path, arr, code=0x08, gz=False, magic=None, trunc=0):
     hdr += b"".join(int(d).to_bytes(4, "big") for d in arr.shape)
     body = hdr + arr.astype(">u1" if code == 0x08 else ">i4").tobytes()
     body = body[:len(body) - trunc]
-    (gzip.open if gz else open)(path, "wb").write(body)
+    with (gzip.open if gz else open)(path, "wb") as f:
+        f.write(body)
     return path
 
 
@@ -83,8 +84,9 @@ def test_download_verifies_sha256(tmp_path, monkeypatch):
 
 def test_spheres():
     X, y = data.make_spheres(400, seed=0)
-    r = np.linalg.norm(X, axis=1)
     assert X.shape == (400, 3) and set(np.unique(y)) == {0, 1}
-    assert r[y == 0].mean() < 1.2 < r[y == 1].mean()
+    c1 = np.full(3, 3 / np.sqrt(3))
+    assert np.linalg.norm(X[y == 0], axis=1).max() <= 1 + 1e-6
+    assert np.linalg.norm(X[y == 1] - c1, axis=1).max() <= 1 + 1e-6
     X2, y2 = data.make_spheres(400, seed=0)
     assert np.array_equal(X, X2)

@@ -1,0 +1,196 @@
+"""``fastbp bench``: one training step of the 784-512-512-10 tanh MLP (softmax-CE, float32, SGD),
+fastbp vs the numpy reference vs the GEMM floor vs PyTorch (if importable), as ratios of one run.
+
+Each contender is timed in its own block (median of ``repeat`` timings of ~50 ms each), in the
+same process and run, and the table reports ratios.
+"""
+import statistics
+import time
+
+import numpy as np
+
+SIZES = (784, 512, 512, 10)
+
+
+def _timeit(fn, number):
+    t = time.perf_counter()
+    for _ in range(number):
+        fn()
+    return (time.perf_counter() - t) / number
+
+
+def _fastbp_step(B, rng):
+    import fastbp
+    m = fastbp.Model([fastbp.Dense(512, "tanh"), fastbp.Dense(512, "tanh"), fastbp.Dense(10)], input_dim=784)
+    X = rng.random((B, 784), dtype=np.float32)
+    y = rng.integers(0, 10, B)
+    m.fit(X, y, epochs=1, batch_size=B, lr=0.01)   # compile, build workspace
+    ws = m._workspace(B)
+    ws.x[...] = X
+    ws.y[...] = y
+    return lambda: m._train_step(ws, 0.01)
+
+
+def _reference_step(B, rng):
+    from fastbp.reference import MLP
+    m = MLP(SIZES, "tanh")
+    X = rng.random((B, 784), dtype=np.float32)
+    y = rng.integers(0, 10, B)
+    return lambda: m.train_step(X, y, np.float32(0.01))
+
+
+def _gemm_floor_steps(B, rng):
+    """The step's 8 GEMMs alone: (a) through numpy's threaded OpenBLAS, (b) through fastbp's BLAS
+    path (per-thread blocks in one numba parallel region per layer, as the kernels call them)."""
+    from numba import get_num_threads
+    from fastbp.kernels.bench_gemm import gemm_only_step
+    X = rng.random((B, 784), dtype=np.float32)
+    W = [(rng.standard_normal((d, f)) / np.sqrt(d)).astype(np.float32) for d, f in zip(SIZES[:-1], SIZES[1:])]
+    H = [np.zeros((B, f), np.float32) for f in SIZES[1:]]
+    G = [(rng.standard_normal((B, f)) * 1e-2).astype(np.float32) for f in SIZES[1:]]
+    dW = [np.empty_like(w) for w in W]
+
+    def numpy_gemms():
+        np.dot(X, W[0], out=H[0])
+        np.dot(H[0], W[1], out=H[1])
+        np.dot(H[1], W[2], out=H[2])
+        np.dot(H[1].T, G[2], out=dW[2])
+        np.dot(G[2], W[2].T, out=G[1])
+        np.dot(H[0].T, G[1], out=dW[1])
+        np.dot(G[1], W[1].T, out=G[0])
+        np.dot(X.T, G[0], out=dW[0])
+    nt = get_num_threads()
+
+    def fastbp_gemms():
+        gemm_only_step(X, W[0], W[1], W[2], H[0], H[1], H[2], G[0], G[1], G[2], dW[0], dW[1], dW[2], nt)
+    return numpy_gemms, fastbp_gemms
+
+
+def _torch_step(B, seed):
+    try:
+        import torch
+    except ImportError:
+        return None
+    torch.manual_seed(seed)
+    net = torch.nn.Sequential(torch.nn.Linear(784, 512), torch.nn.Tanh(), torch.nn.Linear(512, 512),
+                              torch.nn.Tanh(), torch.nn.Linear(512, 10))
+    opt = torch.optim.SGD(net.parameters(), lr=0.01)
+    X = torch.rand(B, 784)
+    y = torch.randint(0, 10, (B,))
+    lossf = torch.nn.CrossEntropyLoss()
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        lossf(net(X), y).backward()
+        opt.step()
+    return step
+
+
+def _measure(contenders, repeat, target=0.05):
+    numbers = {}
+    for name, fn in contenders.items():
+        fn()
+        fn()
+        t = _timeit(fn, 3)
+        numbers[name] = max(1, int(target / max(t, 1e-7)))
+    # Each contender in its own block: interleaving single calls would make the thread pools of
+    # numba, OpenBLAS and PyTorch spin against each other and measure that instead.  A short
+    # pause lets the previous contender's pool go idle.
+    res = {}
+    for name, fn in contenders.items():
+        time.sleep(0.2)
+        fn()
+        res[name] = statistics.median(_timeit(fn, numbers[name]) for _ in range(repeat))
+    return res
+
+
+def run(batch_sizes=(32, 128, 512, 2048), repeat=7, peers=True, scaling=True, epoch=False, data_dir=None,
+        out=None):
+    import fastbp
+    say = (lambda s: print(s, file=out, flush=True)) if out is not None else (lambda s: None)
+    rng = np.random.default_rng(0)
+    info = fastbp.threading_info()
+    res = {"model": "784-512-512-10 tanh softmax-CE float32 SGD", "threads": fastbp.get_num_threads(),
+           "steps": [], "scaling": [], "epoch": None}
+    torch_threads = None
+    if peers:
+        try:
+            import torch
+            torch.set_num_threads(fastbp.get_num_threads())
+            torch_threads = torch.get_num_threads()
+        except ImportError:
+            pass
+    say(f"threads {res['threads']}; BLAS {info['blas']} (single-threaded per call); "
+        f"torch {'threads ' + str(torch_threads) if torch_threads else 'not installed'}")
+    head = f"{'batch':>6} {'fastbp ms':>10} {'numpy ms':>9} {'floor ms':>9} {'torch ms':>9} " \
+           f"{'vs numpy':>9} {'vs floor':>9} {'vs torch':>9}"
+    say(head)
+    for B in batch_sizes:
+        np_g, fb_g = _gemm_floor_steps(B, rng)
+        c = {"fastbp": _fastbp_step(B, rng), "numpy": _reference_step(B, rng), "gemm_numpy": np_g,
+             "gemm_fastbp": fb_g}
+        t = _torch_step(B, 0) if peers else None
+        if t is not None:
+            c["torch"] = t
+        m = _measure(c, repeat)
+        floor = min(m["gemm_numpy"], m["gemm_fastbp"])
+        row = {"batch": B, **{k + "_ms": v * 1e3 for k, v in m.items()}, "floor_ms": floor * 1e3,
+               "ratio_numpy": m["fastbp"] / m["numpy"], "ratio_floor": m["fastbp"] / floor,
+               "ratio_torch": m["fastbp"] / m["torch"] if "torch" in m else None}
+        res["steps"].append(row)
+        tm = f"{m['torch'] * 1e3:9.3f}" if "torch" in m else f"{'-':>9}"
+        tr = f"{row['ratio_torch']:9.2f}" if row["ratio_torch"] else f"{'-':>9}"
+        say(f"{B:>6} {m['fastbp'] * 1e3:10.3f} {m['numpy'] * 1e3:9.3f} {floor * 1e3:9.3f} {tm} "
+            f"{row['ratio_numpy']:9.2f} {row['ratio_floor']:9.2f} {tr}")
+    if scaling:
+        say("\nthread scaling, batch 128 (fastbp step)")
+        say(f"{'threads':>7} {'ms':>8} {'speedup':>8}")
+        n0 = fastbp.get_num_threads()
+        import numba
+        base = None
+        try:
+            for n in range(1, numba.config.NUMBA_NUM_THREADS + 1):
+                fastbp.set_num_threads(n)
+                t = _measure({"s": _fastbp_step(128, rng)}, repeat)["s"]
+                base = base or t
+                res["scaling"].append({"threads": n, "ms": t * 1e3, "speedup": base / t})
+                say(f"{n:>7} {t * 1e3:8.3f} {base / t:8.2f}")
+        finally:
+            fastbp.set_num_threads(n0)
+    if epoch:
+        res["epoch"] = _epochs(data_dir, peers, say)
+    return res
+
+
+def _epochs(data_dir, peers, say):
+    from fastbp import Dense, Model, data
+    (X, y), _ = data.load_fashion_mnist(data_dir)
+    out = {}
+    m = Model([Dense(512, "tanh"), Dense(512, "tanh"), Dense(10)])
+    m.fit(X[:1024], y[:1024], epochs=1, lr=0.1)   # compile outside the timing
+    t = time.perf_counter()
+    m.fit(X, y, epochs=1, batch_size=128, lr=0.1, seed=1)
+    out["fastbp_s"] = time.perf_counter() - t
+    try:
+        import torch
+    except ImportError:
+        torch = None
+    if peers and torch is not None:
+        torch.manual_seed(0)
+        net = torch.nn.Sequential(torch.nn.Linear(784, 512), torch.nn.Tanh(), torch.nn.Linear(512, 512),
+                                  torch.nn.Tanh(), torch.nn.Linear(512, 10))
+        opt = torch.optim.SGD(net.parameters(), lr=0.1)
+        lossf = torch.nn.CrossEntropyLoss()
+        Xt, yt = torch.from_numpy(X), torch.from_numpy(y)
+        t = time.perf_counter()
+        perm = torch.randperm(Xt.shape[0])
+        for s in range(0, Xt.shape[0], 128):
+            idx = perm[s:s + 128]
+            opt.zero_grad(set_to_none=True)
+            lossf(net(Xt[idx]), yt[idx]).backward()
+            opt.step()
+        out["torch_s"] = time.perf_counter() - t
+        out["ratio_torch"] = out["fastbp_s"] / out["torch_s"]
+    say(f"\nFashion-MNIST epoch (batch 128, shuffle + gather included): fastbp {out['fastbp_s']:.2f} s"
+        + (f", torch {out['torch_s']:.2f} s, ratio {out['ratio_torch']:.2f}" if "torch_s" in out else ""))
+    return out

@@ -1,0 +1,37 @@
+"""The GEMMs of one MLP training step, alone, split across threads exactly like the dense kernels:
+the "GEMM floor" that ``fastbp bench`` compares a full step against.
+
+Shapes: X (N, 784), W0 (784, 512), W1 (512, 512), W2 (512, 10); H*, G* (N, F); dW* like W*.
+"""
+from numba import prange
+
+from ._blas import gemm
+from ._jit import jit
+from .activation import split
+
+
+@jit(parallel=True)
+def _fwd(out, x, W, nchunks):
+    F = W.shape[1]
+    for c in prange(nchunks):
+        f0, f1 = split(F, nchunks, c)
+        gemm(out[:, f0:f1], x, W[:, f0:f1], False, False, 1.0, 0.0)
+
+
+@jit(parallel=True)
+def _bwd(dx, dW, dz, x, W, want_dx, nchunks):
+    D = W.shape[0]
+    for c in prange(nchunks):
+        d0, d1 = split(D, nchunks, c)
+        if want_dx:
+            gemm(dx[:, d0:d1], dz, W[d0:d1], False, True, 1.0, 0.0)
+        gemm(dW[d0:d1], x[:, d0:d1], dz, True, False, 1.0, 0.0)
+
+
+def gemm_only_step(X, W0, W1, W2, H0, H1, H2, G0, G1, G2, dW0, dW1, dW2, nchunks):
+    _fwd(H0, X, W0, nchunks)
+    _fwd(H1, H0, W1, nchunks)
+    _fwd(H2, H1, W2, nchunks)
+    _bwd(G1, dW2, G2, H1, W2, True, nchunks)
+    _bwd(G0, dW1, G1, H0, W1, True, nchunks)
+    _bwd(G0, dW0, G0, X, W0, False, nchunks)

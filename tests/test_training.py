@@ -1,0 +1,42 @@
+"""End-to-end training on real Fashion-MNIST and on the two-sphere data."""
+import numpy as np
+import pytest
+
+import fastbp
+from fastbp import BatchNorm, Dense, Model, data
+
+
+@pytest.fixture(scope="module")
+def fmnist():
+    try:
+        return data.load_fashion_mnist()
+    except FileNotFoundError as e:  # the CI installs Debian's dataset-fashion-mnist; say so loudly
+        pytest.fail(f"Fashion-MNIST is required for this test: {e}")
+
+
+def test_fashion_mnist_tanh_mlp_sgd_reaches_82_percent(fmnist):
+    (X, y), (Xt, yt) = fmnist
+    m = Model([Dense(512, "tanh"), Dense(512, "tanh"), Dense(10)], seed=0)
+    h = m.fit(X, y, epochs=5, batch_size=128, lr=0.1, seed=0)
+    acc = m.evaluate(Xt, yt)["accuracy"]
+    print(f"fashion-mnist SGD test accuracy {acc:.4f}, epoch seconds {h['seconds']}")
+    assert acc >= 0.82
+    assert h["loss"][-1] < h["loss"][0]
+
+
+def test_fashion_mnist_batchnorm_adam_reaches_84_percent(fmnist):
+    (X, y), (Xt, yt) = fmnist
+    m = Model([Dense(512), BatchNorm("tanh"), Dense(512), BatchNorm("tanh"), Dense(10)], seed=0)
+    m.fit(X, y, epochs=5, batch_size=128, optimizer=fastbp.Adam(lr=1e-3), seed=0)
+    acc = m.evaluate(Xt, yt)["accuracy"]
+    print(f"fashion-mnist BN+Adam test accuracy {acc:.4f}")
+    assert acc >= 0.84
+
+
+def test_sphere_sigmoid_3_3_2_1_mse_separates():
+    (X, y), (Xt, yt) = data.load("sphere")
+    m = Model([Dense(3, "sigmoid"), Dense(2, "sigmoid"), Dense(1, "sigmoid")], loss="mse", seed=0)
+    m.fit(X, y.astype(np.float32), epochs=300, batch_size=16, lr=2.0, seed=0)
+    acc = ((m.predict(Xt)[:, 0] >= 0.5) == yt).mean()
+    print(f"sphere test accuracy {acc:.4f}")
+    assert acc >= 0.99
