@@ -1,0 +1,125 @@
+"""pytest-benchmark suite: each kernel, fastbp vs fastbp.reference, over batch sizes and widths;
+the full training step; one Fashion-MNIST epoch.
+
+    pytest benches --benchmark-group-by=param          # a table per parameter set
+"""
+import numpy as np
+import pytest
+
+import fastbp
+import fastbp.kernels as K
+from fastbp import reference as R
+from fastbp.bench import _fastbp_step, _reference_step
+
+BATCHES = [32, 128, 512]
+WIDTHS = [128, 512]
+
+
+@pytest.mark.parametrize("impl", ["fastbp", "reference"])
+@pytest.mark.parametrize("width", WIDTHS)
+@pytest.mark.parametrize("batch", BATCHES)
+def bench_dense_forward_tanh(benchmark, rng, impl, batch, width):
+    x = rng.standard_normal((batch, 784)).astype(np.float32)
+    W = (rng.standard_normal((784, width)) * 0.03).astype(np.float32)
+    b = np.zeros(width, np.float32)
+    out = np.empty((batch, width), np.float32)
+    if impl == "fastbp":
+        benchmark(K.dense_forward, out, x, W, b, "tanh")
+    else:
+        benchmark(R.Dense(W, b, "tanh").forward, x)
+
+
+@pytest.mark.parametrize("impl", ["fastbp", "reference"])
+@pytest.mark.parametrize("width", WIDTHS)
+@pytest.mark.parametrize("batch", BATCHES)
+def bench_dense_backward_tanh(benchmark, rng, impl, batch, width):
+    x = rng.standard_normal((batch, 784)).astype(np.float32)
+    W = (rng.standard_normal((784, width)) * 0.03).astype(np.float32)
+    b = np.zeros(width, np.float32)
+    y = np.tanh(x @ W)
+    dout = rng.standard_normal((batch, width)).astype(np.float32)
+    if impl == "fastbp":
+        dx, dW, db, d = np.empty_like(x), np.empty_like(W), np.empty_like(b), dout.copy()
+        benchmark(K.dense_backward, dx, dW, db, d, x, W, y, "tanh")
+    else:
+        layer = R.Dense(W, b, "tanh")
+        layer.forward(x)
+        benchmark(layer.backward, dout)
+
+
+@pytest.mark.parametrize("impl", ["fastbp", "reference"])
+@pytest.mark.parametrize("batch", BATCHES)
+def bench_softmax_ce(benchmark, rng, impl, batch):
+    z = rng.standard_normal((batch, 10)).astype(np.float32)
+    lab = rng.integers(0, 10, batch)
+    if impl == "fastbp":
+        d = np.empty_like(z)
+        benchmark(K.softmax_cross_entropy, d, z, lab)
+    else:
+        ce = R.SoftmaxCrossEntropy()
+        benchmark(lambda: (ce.forward(z, lab), ce.backward()))
+
+
+@pytest.mark.parametrize("impl", ["fastbp", "reference"])
+@pytest.mark.parametrize("width", WIDTHS)
+@pytest.mark.parametrize("batch", BATCHES)
+def bench_batchnorm_train(benchmark, rng, impl, batch, width):
+    x = rng.standard_normal((batch, width)).astype(np.float32)
+    g, bt = np.ones(width, np.float32), np.zeros(width, np.float32)
+    if impl == "fastbp":
+        out, m, s = np.empty_like(x), np.empty_like(g), np.empty_like(g)
+        rm, rv = np.zeros_like(g), np.ones_like(g)
+        dx, dg, db = np.empty_like(x), np.empty_like(g), np.empty_like(g)
+
+        def fb():
+            K.batchnorm_forward(out, m, s, x, g, bt, rm, rv, True, act="tanh")
+            K.batchnorm_backward(dx, dg, db, out, x, g, m, s, True)
+        benchmark(fb)
+    else:
+        bn = R.BatchNorm(g, bt, "tanh")
+        benchmark(lambda: bn.backward(bn.forward(x)))
+
+
+@pytest.mark.parametrize("impl", ["fastbp", "reference"])
+@pytest.mark.parametrize("batch", BATCHES)
+def bench_dropout(benchmark, rng, impl, batch):
+    x = rng.standard_normal((batch, 512)).astype(np.float32)
+    out = np.empty_like(x)
+    if impl == "fastbp":
+        benchmark(K.dropout_forward, out, x, 0.5, 1, 2)
+    else:
+        r = np.random.default_rng(1)
+        benchmark(lambda: x * (r.random(x.shape) >= 0.5) / 0.5)
+
+
+@pytest.mark.parametrize("impl", ["fastbp", "reference"])
+@pytest.mark.parametrize("opt", ["sgd", "adam"])
+def bench_optimizer_flat(benchmark, rng, impl, opt):
+    P = 784 * 512 + 512 + 512 * 512 + 512 + 512 * 10 + 10
+    p, g = rng.standard_normal(P).astype(np.float32), rng.standard_normal(P).astype(np.float32)
+    m, v = np.zeros_like(p), np.zeros_like(p)
+    if impl == "fastbp":
+        if opt == "sgd":
+            benchmark(K.sgd, p, g, 1e-3)
+        else:
+            benchmark(K.adam, p, g, m, v, 1)
+    else:
+        if opt == "sgd":
+            benchmark(R.sgd_step, p, g, 1e-3)
+        else:
+            benchmark(R.adam_step, p, g, m, v, 1)
+
+
+@pytest.mark.parametrize("impl", ["fastbp", "reference"])
+@pytest.mark.parametrize("batch", [32, 128, 512, 2048])
+def bench_training_step(benchmark, rng, impl, batch):
+    step = _fastbp_step(batch, rng) if impl == "fastbp" else _reference_step(batch, rng)
+    benchmark(step)
+
+
+def bench_fashion_mnist_epoch(benchmark):
+    from fastbp import data
+    (X, y), _ = data.load_fashion_mnist()
+    m = fastbp.Model([fastbp.Dense(512, "tanh"), fastbp.Dense(512, "tanh"), fastbp.Dense(10)])
+    m.fit(X[:512], y[:512], epochs=1)
+    benchmark.pedantic(lambda: m.fit(X, y, epochs=1, batch_size=128, lr=0.1), rounds=3, iterations=1)
