@@ -43,3 +43,19 @@ def test_adam_and_adamw_match_rule(rng, decoupled, wd, dtype):
     np.testing.assert_allclose(p, pr, **tol)
     np.testing.assert_allclose(m, mr, **tol)
     np.testing.assert_allclose(v, vr, **tol)
+
+
+def test_schedules_and_fit_uses_them():
+    import math
+    import fastbp
+    from fastbp import optim as O
+    assert [O.step_lr(2, 0.5)(e) for e in range(5)] == [1, 1, 0.5, 0.5, 0.25]
+    assert O.exponential_lr(0.9)(3) == pytest.approx(0.729)
+    c = O.cosine_lr(4)
+    assert c(0) == 1 and c(2) == pytest.approx(0.5) and c(4) == pytest.approx(0) and c(9) == pytest.approx(0)
+    X = np.random.default_rng(0).standard_normal((64, 4)).astype(np.float32)
+    y = (X[:, 0] > 0).astype(np.int64)
+    m = fastbp.Model([fastbp.Dense(8, "tanh"), fastbp.Dense(2)])
+    h = m.fit(X, y, epochs=3, lr=0.2, schedule=O.step_lr(1, 0.5), optimizer=fastbp.SGD(momentum=0.9))
+    assert h["lr"] == [0.2, 0.1, 0.05]
+    assert m.optimizer.lr == 0.2 and not math.isnan(h["loss"][-1])
