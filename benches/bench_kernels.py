@@ -15,13 +15,17 @@ BATCHES = [32, 128, 512]
 WIDTHS = [128, 512]
 
 
+def _dense_layer(rng, batch, width):
+    x = rng.standard_normal((batch, 784)).astype(np.float32)
+    W = (rng.standard_normal((784, width)) * 0.03).astype(np.float32)
+    return x, W, np.zeros(width, np.float32)
+
+
 @pytest.mark.parametrize("impl", ["fastbp", "reference"])
 @pytest.mark.parametrize("width", WIDTHS)
 @pytest.mark.parametrize("batch", BATCHES)
 def bench_dense_forward_tanh(benchmark, rng, impl, batch, width):
-    x = rng.standard_normal((batch, 784)).astype(np.float32)
-    W = (rng.standard_normal((784, width)) * 0.03).astype(np.float32)
-    b = np.zeros(width, np.float32)
+    x, W, b = _dense_layer(rng, batch, width)
     out = np.empty((batch, width), np.float32)
     if impl == "fastbp":
         benchmark(K.dense_forward, out, x, W, b, "tanh")
@@ -33,9 +37,7 @@ def bench_dense_forward_tanh(benchmark, rng, impl, batch, width):
 @pytest.mark.parametrize("width", WIDTHS)
 @pytest.mark.parametrize("batch", BATCHES)
 def bench_dense_backward_tanh(benchmark, rng, impl, batch, width):
-    x = rng.standard_normal((batch, 784)).astype(np.float32)
-    W = (rng.standard_normal((784, width)) * 0.03).astype(np.float32)
-    b = np.zeros(width, np.float32)
+    x, W, b = _dense_layer(rng, batch, width)
     y = np.tanh(x @ W)
     dout = rng.standard_normal((batch, width)).astype(np.float32)
     if impl == "fastbp":

@@ -28,6 +28,7 @@ from .kernels import batchnorm as KB
 from .kernels import dense as KD
 from .kernels import dropout as KR
 from .kernels import loss as KL
+from .kernels import optim as KO
 from .kernels.activation import IDENTITY, act_code
 
 LOSSES = ("softmax_ce", "mse", "sigmoid_bce")
@@ -238,10 +239,10 @@ class Model:
             elif nd.kind == "bn":
                 KB.backward(dx, nd.dgamma, nd.dbeta, dz, x, nd.gamma, nd.mean, nd.inv_std, training,
                             pact, palpha, want_dx, nt)
-                if fused_sgd:
-                    for name, off, n in nd.slots:
-                        p, g = self.params[off:off + n], self.grads[off:off + n]
-                        p -= lr * (g + wd * p)
+                if fused_sgd:  # gamma/beta are adjacent in the flat buffer: one in-place SGD launch
+                    lo, hi = nd.slots[0][1], nd.slots[-1][1] + nd.slots[-1][2]
+                    p = self.params[lo:hi]
+                    KO._sgd(p, self.grads[lo:hi], p[:0], lr, 0.0, False, wd, nt)
             elif want_dx and nd.kind == "dropout":
                 if training and nd.spec.p > 0:
                     KR.backward(dx, dz, self.seed, step, i, nd.spec.p, x, pact, palpha, nt)
@@ -345,15 +346,17 @@ class Model:
             hist.setdefault("grad_norms", [])
         self.history = hist
         n, B = X.shape[0], int(batch_size)
-        nt = self._threads()
+        self._threads()
         self.train()
         start_epoch = self.epochs_done
-        for epoch in range(start_epoch, start_epoch + int(epochs) - (start_epoch if checkpoint else 0)):
+        # with a checkpoint, `epochs` is the total to reach (a resumed run finishes the same schedule)
+        end_epoch = int(epochs) if checkpoint is not None else start_epoch + int(epochs)
+        for epoch in range(start_epoch, end_epoch):
             lr_e = base_lr * (schedule(epoch) if schedule else 1.0)
             rng = np.random.default_rng([self.seed if seed is None else int(seed), epoch])
             order = rng.permutation(n) if shuffle else np.arange(n)
             t0 = time.perf_counter()
-            total, correct, nb = 0.0, 0, 0
+            total, correct = 0.0, 0
             for s in range(0, n, B):
                 idx = order[s:s + B]
                 ws = self._workspace(idx.shape[0])
@@ -368,7 +371,6 @@ class Model:
                     correct += _count_correct(ws.outs[-1], ws.y)
                 if track_grad_norms and self.step_count % grad_norm_every == 0:
                     hist["grad_norms"].append(self._grad_norms(ws))
-                nb += 1
                 if progress is not None:
                     progress(min(s + B, n), n, loss)
             secs = time.perf_counter() - t0
@@ -400,7 +402,7 @@ class Model:
         return row
 
     def _batches(self, X, batch_size):
-        nt = self._threads()
+        self._threads()
         for s in range(0, X.shape[0], batch_size):
             xb = X[s:s + batch_size]
             ws = self._workspace(xb.shape[0])

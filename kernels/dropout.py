@@ -97,26 +97,26 @@ def _check_seed(name, v):
     return int(v)
 
 
+def _validate(out_name, out, in_name, inp, p, seed, step, layer):
+    """Checks shared by both wrappers; returns (p, seed, step, layer) as plain numbers."""
+    p = _check_p(p)
+    _check.array(in_name, inp, ndim=2, finite=True)
+    _check.nonempty(in_name, inp.shape[0])
+    _check.array(out_name, out, ndim=2, dtype=inp.dtype, writeable=True)
+    _check.shape(out_name, out, inp.shape)
+    return p, _check_seed("seed", seed), _check_seed("step", step), _check_seed("layer", layer)
+
+
 def dropout_forward(out, x, p, seed, step=0, layer=0, nthreads=None):
     """out = x * keep / (1 - p) with the mask of (seed, step, layer).  Writes ``out`` (may be ``x``)."""
-    p = _check_p(p)
-    _check.array("x", x, ndim=2, finite=True)
-    _check.nonempty("x", x.shape[0])
-    _check.array("out", out, ndim=2, dtype=x.dtype, writeable=True)
-    _check.shape("out", out, x.shape)
-    forward(out, x, _check_seed("seed", seed), _check_seed("step", step), _check_seed("layer", layer), p,
-            _check.threads(nthreads))
+    p, seed, step, layer = _validate("out", out, "x", x, p, seed, step, layer)
+    forward(out, x, seed, step, layer, p, _check.threads(nthreads))
     return out
 
 
 def dropout_backward(dx, dout, p, seed, step=0, layer=0, nthreads=None):
     """dx = dout * keep / (1 - p), the same mask as the forward call with these (seed, step, layer).
     Writes (overwrites) ``dx`` (may be ``dout``)."""
-    p = _check_p(p)
-    _check.array("dout", dout, ndim=2, finite=True)
-    _check.nonempty("dout", dout.shape[0])
-    _check.array("dx", dx, ndim=2, dtype=dout.dtype, writeable=True)
-    _check.shape("dx", dx, dout.shape)
-    backward(dx, dout, _check_seed("seed", seed), _check_seed("step", step), _check_seed("layer", layer), p,
-             dout[:0], IDENTITY, 0.0, _check.threads(nthreads))
+    p, seed, step, layer = _validate("dx", dx, "dout", dout, p, seed, step, layer)
+    backward(dx, dout, seed, step, layer, p, dout[:0], IDENTITY, 0.0, _check.threads(nthreads))
     return dx

@@ -174,7 +174,11 @@ def test_steady_state_step_allocates_nothing(rng, monkeypatch):
                 return f(*args)
             return call
 
-    for name in ("KD", "KB", "KR", "KA", "KL"):
+    import types
+    wrapped = [n for n, v in vars(model_mod).items()
+               if isinstance(v, types.ModuleType) and v.__name__.startswith("fastbp.kernels.")]
+    assert {"KD", "KB", "KR", "KA", "KL", "KO"} <= set(wrapped)
+    for name in wrapped:
         monkeypatch.setattr(model_mod, name, Counting(getattr(model_mod, name)))
     import fastbp.optim as optim_mod
     monkeypatch.setattr(optim_mod, "K", Counting(optim_mod.K))
