@@ -1,31 +1,37 @@
-"""GEMM for the kernels: a Fortran-ABI ``?gemm`` bound by symbol name.
+"""GEMM for the kernels, bound into jitted code by symbol name.
 
-Shapes: row-major ``C (M, N) = alpha * op(A) @ op(B) + beta * C`` where
-``op(A)`` is ``(M, K)`` and ``op(B)`` is ``(K, N)``.
+Shapes: ``C (M, N) = alpha * op(A) @ op(B) + beta * C``, ``op(A)`` is (M, K), ``op(B)`` is (K, N),
+every operand a 2-D view whose last axis has unit stride (row or column slices are fine).
 
 Design
 ------
-The kernels call BLAS from inside jitted code (also from inside ``prange``
-bodies), so the GEMM must be callable from nopython mode *and* survive
-``cache=True``.  A function-pointer constant baked into machine code would be
-stale in the next process, so instead the address of the chosen ``sgemm``/
-``dgemm`` is registered with LLVM's JIT linker under the fixed names
-``fastbp_sgemm`` / ``fastbp_dgemm`` (``llvmlite.binding.add_symbol``) each time
-this module is imported; cached code refers to the names and is relinked.
+Kernels call BLAS from jitted code, also inside ``prange`` bodies, and must survive
+``cache=True``: a function address baked into machine code would be stale in the next process.
+So kernels call one fixed ABI by name,
 
-BLAS is always called single-threaded: fastbp has exactly one thread domain,
-numba's.  Kernels split a GEMM into per-thread row/column blocks inside
-``prange`` and each block is one sequential BLAS call, so no second thread
-pool ever spins against numba's (see README, "Threading design").
+    void fastbp_gemm_v2_s(i64 m, i64 n, i64 k, f32 alpha, f32* a, i64 rsa, i64 csa,
+                      f32* b, i64 rsb, i64 csb, f32 beta, f32* c, i64 rsc, i64 csc)
 
-Backends (``FASTBP_BLAS`` = ``auto`` | ``openblas`` | ``mkl``):
+(and ``fastbp_gemm_v2_d``; the version in the name changes whenever the ABI does, so code
+cached against an older ABI fails to link instead of calling a mismatched function), and each process binds that name (``llvmlite.binding.add_symbol``) to a
+small numba ``cfunc`` shim for the chosen library: one that calls BLIS's ``bli_?gemm_ex`` with a
+kernel context, or one that maps the strides onto the Fortran ``?gemm`` of OpenBLAS or MKL.
+The shims themselves reach the libraries through registered names too, so all of it is cacheable
+and the backend can differ between processes that share one cache.
 
-* ``openblas``: SciPy's bundled OpenBLAS through ``scipy.linalg.cython_blas``
-  (always available; scipy is a dependency).  Its thread count is set to 1.
-* ``mkl``: ``libmkl_rt`` from PyPI's ``mkl`` wheel, set to its sequential layer.
+BLAS is always called single-threaded: fastbp has one thread domain, numba's.  Kernels cut each
+GEMM into per-thread blocks inside ``prange``; no second thread pool ever spins against numba's.
 
-``auto`` picks openblas: on the measured machine (AMD Zen 5) sequential MKL was
-~2x slower than OpenBLAS for these shapes (README has the figures).
+Backends (``FASTBP_BLAS`` = ``auto`` | ``blis`` | ``openblas`` | ``mkl``):
+
+* ``blis``: PyPI's ``blis`` package (single-threaded BLIS).  Its 0.7 build does not recognise
+  newer CPUs (e.g. AMD Zen 5 is "generic", ~40 GFLOP/s), so on a CPU with AVX-512 F/DQ/BW/VL we
+  build its ``skx`` (AVX-512) kernel context ourselves and pass it to every call; measured
+  200-218 GFLOP/s per core for sgemm on Zen 5 vs 111-125 for OpenBLAS.
+* ``openblas``: SciPy's OpenBLAS through ``scipy.linalg.cython_blas``; its thread count is set to 1.
+* ``mkl``: ``libmkl_rt`` from PyPI's ``mkl``, sequential layer (10-20% slower than OpenBLAS here).
+
+``auto`` = blis when the CPU has AVX-512 and ``blis`` imports, else openblas.
 """
 import ctypes
 import glob
@@ -35,14 +41,17 @@ import sys
 import llvmlite.binding as llvm
 import numpy as np
 from llvmlite import ir
-from numba import types
+from numba import cfunc, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from ._jit import cast_like, jit
+from ._jit import JIT_OPTIONS, cast_like, jit
 
-BACKEND = None          # "openblas" or "mkl" once loaded
+BACKEND = None          # "blis", "openblas" or "mkl" once loaded
 LIBRARY_PATH = None     # file that provides the GEMM
+BLIS_KERNELS = None     # BLIS kernel set in use ("skx", or BLIS's own choice)
+
+_KEEP = []              # objects whose addresses were registered: keep them alive
 
 
 def _capsule_address(capsule):
@@ -61,11 +70,10 @@ def _load_openblas():
     d = _capsule_address(cython_blas.__pyx_capi__["dgemm"])
     path = None
     try:
-        from threadpoolctl import ThreadpoolController
-        ctl = ThreadpoolController()
         import scipy
+        from threadpoolctl import ThreadpoolController
         root = os.path.dirname(os.path.dirname(scipy.__file__))
-        for lib in ctl.lib_controllers:
+        for lib in ThreadpoolController().lib_controllers:
             if lib.user_api == "blas" and lib.filepath.startswith(root) and "scipy.libs" in lib.filepath:
                 lib.set_num_threads(1)
                 path = lib.filepath
@@ -74,72 +82,167 @@ def _load_openblas():
     return s, d, path
 
 
-def _find_mkl_rt():
+def _load_mkl():
+    path = None
     for prefix in (sys.prefix, sys.base_prefix):
         hits = sorted(glob.glob(os.path.join(prefix, "lib", "libmkl_rt.so*")))
         if hits:
-            return hits[0]
-    return None
-
-
-def _load_mkl():
-    path = _find_mkl_rt()
+            path = hits[0]
+            break
     if path is None:
-        raise OSError("libmkl_rt not found (pip install mkl)")
+        raise OSError("FASTBP_BLAS=mkl: libmkl_rt not found (pip install mkl)")
     lib = ctypes.CDLL(path, mode=ctypes.RTLD_GLOBAL)
     lib.MKL_Set_Threading_Layer(ctypes.c_int(1))  # MKL_THREADING_SEQUENTIAL
-    s = ctypes.cast(lib.sgemm, ctypes.c_void_p).value
-    d = ctypes.cast(lib.dgemm, ctypes.c_void_p).value
-    return s, d, path
+    _KEEP.append(lib)
+    return (ctypes.cast(lib.sgemm, ctypes.c_void_p).value, ctypes.cast(lib.dgemm, ctypes.c_void_p).value, path)
 
 
-def _register():
-    global BACKEND, LIBRARY_PATH
-    want = os.environ.get("FASTBP_BLAS", "auto").strip().lower()
-    if want not in ("auto", "openblas", "mkl"):
-        raise ValueError(f"FASTBP_BLAS must be 'auto', 'openblas' or 'mkl', got {want!r}")
-    if want == "mkl":
-        s, d, path = _load_mkl()
-        BACKEND = "mkl"
+def _cpu_has_avx512():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    return {"avx512f", "avx512dq", "avx512bw", "avx512vl"} <= flags
+    except OSError:
+        pass
+    return False
+
+
+def _load_blis():
+    """(bli_sgemm_ex, bli_dgemm_ex, context address, library path, kernel set name)."""
+    import blis.cy
+    lib = ctypes.CDLL(blis.cy.__file__)
+    lib.bli_init()
+    lib.bli_arch_query_id.restype = ctypes.c_int
+    lib.bli_arch_string.restype = ctypes.c_char_p
+    arch = lib.bli_arch_string(lib.bli_arch_query_id()).decode()
+    if arch != "generic":
+        lib.bli_gks_query_cntx.restype = ctypes.c_void_p
+        cntx, name = lib.bli_gks_query_cntx(), arch
+    elif _cpu_has_avx512():
+        buf = ctypes.create_string_buffer(1 << 16)   # cntx_t is a few KiB in BLIS 0.7
+        lib.bli_cntx_init_skx(buf)
+        _KEEP.append(buf)
+        cntx, name = ctypes.addressof(buf), "skx"
     else:
-        s, d, path = _load_openblas()
-        BACKEND = "openblas"
-    LIBRARY_PATH = path
-    llvm.add_symbol("fastbp_sgemm", s)
-    llvm.add_symbol("fastbp_dgemm", d)
+        raise OSError("BLIS recognises no optimised kernel set for this CPU")
+    _KEEP.append(lib)
+    # BLIS sized its global packing pools from the generic context at bli_init; a request for a
+    # larger block later re-initialises a pool, and if another thread holds one of its blocks
+    # at that moment BLIS aborts the process ("not all blocks were checked back in").  Size the
+    # pools from the context we will use, once, before any concurrent call.
+    lib.bli_membrk_query.restype = ctypes.c_void_p
+    membrk = lib.bli_membrk_query()
+    lib.bli_membrk_finalize_pools(ctypes.c_void_p(membrk))
+    lib.bli_membrk_init_pools(ctypes.c_void_p(cntx), ctypes.c_void_p(membrk))
+    _self_check_blis(lib, cntx)
+    return (ctypes.cast(lib.bli_sgemm_ex, ctypes.c_void_p).value,
+            ctypes.cast(lib.bli_dgemm_ex, ctypes.c_void_p).value, cntx, blis.cy.__file__, name)
 
 
-_register()
+def _self_check_blis(lib, cntx):
+    """A few single-threaded products per dtype (small and large paths) checked exactly."""
+    I, P = ctypes.c_int64, ctypes.c_void_p
+    for fn, dt in ((lib.bli_sgemm_ex, np.float32), (lib.bli_dgemm_ex, np.float64)):
+        fn.argtypes = [ctypes.c_int, ctypes.c_int, I, I, I, P, P, I, I, P, I, I, P, P, I, I, P, P]
+        fn.restype = None
+        one, zero = np.ones(1, dt), np.zeros(1, dt)
+        for m, n, k in ((8, 8, 8), (64, 512, 256), (512, 512, 512)):   # small (sup) and large paths
+            A, B, C = np.ones((m, k), dt), np.ones((k, n), dt), np.empty((m, n), dt)
+            fn(0, 0, m, n, k, one.ctypes.data, A.ctypes.data, k, 1, B.ctypes.data, n, 1,
+               zero.ctypes.data, C.ctypes.data, n, 1, cntx, None)
+            if not np.all(C == k):
+                raise OSError(f"BLIS {dt.__name__} gemm self-check failed for ({m}, {n}, {k})")
+
+
+# ------------------------------------------------------------------------------------------
+# Calls by name.  Arrays and CPointers pass their data pointer; scalars pass by value unless
+# the callee takes them by reference (Fortran BLAS, BLIS's alpha/beta).
+
+def _ptr(context, builder, ty, val):
+    i8p = ir.IntType(8).as_pointer()
+    if isinstance(ty, types.Array):
+        return builder.bitcast(context.make_array(ty)(context, builder, val).data, i8p)
+    return builder.bitcast(val, i8p)
+
+
+def _scalar(builder, ty, val, width):
+    if isinstance(ty, types.Integer) and val.type.width != width:
+        return builder.trunc(val, ir.IntType(width)) if val.type.width > width else builder.sext(val, ir.IntType(width))
+    return val
 
 
 @intrinsic
-def _fortran_gemm(typingctx, ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc):
-    """Call ``fastbp_{s,d}gemm`` (Fortran ABI, every argument by pointer)."""
+def _call_strided(typingctx, m, n, k, alpha, a, rsa, csa, b, rsb, csb, beta, c, rsc, csc):
+    """The kernels' entry point: ``fastbp_gemm_v2_{s,d}`` with the strided ABI above."""
     if alpha not in (types.float32, types.float64):
         return None
-    name = "fastbp_sgemm" if alpha == types.float32 else "fastbp_dgemm"
+    name = "fastbp_gemm_v2_s" if alpha == types.float32 else "fastbp_gemm_v2_d"
+    sig = types.void(m, n, k, alpha, a, rsa, csa, b, rsb, csb, beta, c, rsc, csc)
+
+    def codegen(context, builder, signature, args):
+        i64, i8p = ir.IntType(64), ir.IntType(8).as_pointer()
+        ft = context.get_value_type(signature.args[3])
+        kinds = [i64, i64, i64, ft, i8p, i64, i64, i8p, i64, i64, ft, i8p, i64, i64]
+        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.VoidType(), kinds), name)
+        vals = [_ptr(context, builder, ty, v) if kind == i8p else _scalar(builder, ty, v, 64)
+                for v, ty, kind in zip(args, signature.args, kinds)]
+        builder.call(fn, vals)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@intrinsic
+def _call_f77(typingctx, ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc):
+    """``fastbp_f77_{s,d}gemm``: Fortran ABI, every argument by reference, 32-bit ints (LP64)."""
+    if alpha not in (types.float32, types.float64):
+        return None
+    name = "fastbp_f77_sgemm" if alpha == types.float32 else "fastbp_f77_dgemm"
     sig = types.void(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc)
 
     def codegen(context, builder, signature, args):
         i8p = ir.IntType(8).as_pointer()
-        fnty = ir.FunctionType(ir.VoidType(), [i8p] * 13)
-        fn = cgutils.get_or_insert_function(builder.module, fnty, name)
-        i32 = ir.IntType(32)
+        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.VoidType(), [i8p] * 13), name)
         out = []
         for val, ty in zip(args, signature.args):
-            if isinstance(ty, types.Array):
-                ptr = context.make_array(ty)(context, builder, val).data
-                out.append(builder.bitcast(ptr, i8p))
-                continue
-            if ty in (types.float32, types.float64):
-                slot = cgutils.alloca_once_value(builder, val)
-            elif ty == types.uint8:
-                slot = cgutils.alloca_once_value(builder, val)
-            else:  # integer: the LP64 BLAS takes 32-bit ints
-                slot = cgutils.alloca_once_value(builder, builder.trunc(val, i32)
-                                                 if val.type.width > 32 else val)
-            out.append(builder.bitcast(slot, i8p))
+            if isinstance(ty, (types.Array, types.CPointer)):
+                out.append(_ptr(context, builder, ty, val))
+            else:
+                v = _scalar(builder, ty, val, 32) if isinstance(ty, types.Integer) and ty.bitwidth > 8 else val
+                out.append(builder.bitcast(cgutils.alloca_once_value(builder, v), i8p))
         builder.call(fn, out)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@intrinsic
+def _call_blis(typingctx, m, n, k, alpha, a, rsa, csa, b, rsb, csb, beta, c, rsc, csc):
+    """``fastbp_bli_{s,d}gemm_ex`` with the registered context ``fastbp_blis_cntx``, rntm NULL."""
+    if alpha not in (types.float32, types.float64):
+        return None
+    name = "fastbp_bli_sgemm_ex" if alpha == types.float32 else "fastbp_bli_dgemm_ex"
+    sig = types.void(m, n, k, alpha, a, rsa, csa, b, rsb, csb, beta, c, rsc, csc)
+
+    def codegen(context, builder, signature, args):
+        i32, i64, i8p = ir.IntType(32), ir.IntType(64), ir.IntType(8).as_pointer()
+        kinds = [i32, i32, i64, i64, i64, i8p, i8p, i64, i64, i8p, i64, i64, i8p, i8p, i64, i64, i8p, i8p]
+        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.VoidType(), kinds), name)
+        cntx = builder.module.globals.get("fastbp_blis_cntx")
+        if cntx is None:
+            cntx = cgutils.add_global_variable(builder.module, ir.IntType(8), "fastbp_blis_cntx")
+            cntx.linkage = "external"
+        (m_, n_, k_, al, a_, rsa_, csa_, b_, rsb_, csb_, be, c_, rsc_, csc_) = args
+        st = signature.args
+        p = lambda i, v: _ptr(context, builder, st[i], v)
+        s = lambda i, v: _scalar(builder, st[i], v, 64)
+        ref = lambda v: builder.bitcast(cgutils.alloca_once_value(builder, v), i8p)
+        zero = ir.Constant(i32, 0)   # BLIS_NO_TRANSPOSE: transposes are expressed by the strides
+        builder.call(fn, [zero, zero, s(0, m_), s(1, n_), s(2, k_), ref(al), p(4, a_), s(5, rsa_), s(6, csa_),
+                          p(7, b_), s(8, rsb_), s(9, csb_), ref(be), p(11, c_), s(12, rsc_), s(13, csc_),
+                          builder.bitcast(cntx, i8p), ir.Constant(i8p, None)])
         return context.get_dummy_value()
 
     return sig, codegen
@@ -149,29 +252,83 @@ _N = np.uint8(ord("N"))
 _T = np.uint8(ord("T"))
 
 
+def _shim_sig(ft):
+    P = types.CPointer(ft)
+    i = types.int64
+    return types.void(i, i, i, ft, P, i, i, P, i, i, ft, P, i, i)
+
+
+_SHIM_OPTS = dict(cache=JIT_OPTIONS["cache"], nopython=True, error_model="numpy")
+
+
+def _f77_shim(m, n, k, alpha, a, rsa, csa, b, rsb, csb, beta, c, rsc, csc):
+    # Column-major view: C^T (n x m) = op(B)^T (n x k) @ op(A)^T (k x m).  An operand is either
+    # 'N' (unit stride down its columns) or 'T' (unit stride along its rows); along a dimension of
+    # size 1 the stride is irrelevant and the leading dimension is chosen legal (>= rows).
+    if csa == 1 and (m == 1 or rsa >= k):
+        ta, lda = _N, (rsa if m > 1 else k)
+    else:
+        ta, lda = _T, (csa if k > 1 else m)
+    if csb == 1 and (k == 1 or rsb >= n):
+        tb, ldb = _N, (rsb if k > 1 else n)
+    else:
+        tb, ldb = _T, (csb if n > 1 else k)
+    _call_f77(tb, ta, n, m, k, alpha, b, max(ldb, 1), a, max(lda, 1), beta, c, max(rsc if m > 1 else n, 1))
+
+
+def _blis_shim(m, n, k, alpha, a, rsa, csa, b, rsb, csb, beta, c, rsc, csc):
+    _call_blis(m, n, k, alpha, a, rsa, csa, b, rsb, csb, beta, c, rsc, csc)
+
+
+def _register():
+    global BACKEND, LIBRARY_PATH, BLIS_KERNELS
+    want = os.environ.get("FASTBP_BLAS", "auto").strip().lower()
+    if want not in ("auto", "blis", "openblas", "mkl"):
+        raise ValueError(f"FASTBP_BLAS must be 'auto', 'blis', 'openblas' or 'mkl', got {want!r}")
+    s, d, path = _load_mkl() if want == "mkl" else _load_openblas()
+    llvm.add_symbol("fastbp_f77_sgemm", s)
+    llvm.add_symbol("fastbp_f77_dgemm", d)
+    BACKEND, LIBRARY_PATH = ("mkl" if want == "mkl" else "openblas"), path
+    shim = _f77_shim
+    if want == "blis" or (want == "auto" and _cpu_has_avx512()):
+        try:
+            bs, bd, cntx, bpath, kernels = _load_blis()
+        except (ImportError, OSError, AttributeError) as e:
+            if want == "blis":
+                raise OSError(f"FASTBP_BLAS=blis: {e}") from None
+        else:
+            llvm.add_symbol("fastbp_bli_sgemm_ex", bs)
+            llvm.add_symbol("fastbp_bli_dgemm_ex", bd)
+            llvm.add_symbol("fastbp_blis_cntx", cntx)
+            BACKEND, LIBRARY_PATH, BLIS_KERNELS, shim = "blis", bpath, kernels, _blis_shim
+    for ft, name in ((types.float32, "fastbp_gemm_v2_s"), (types.float64, "fastbp_gemm_v2_d")):
+        c = cfunc(_shim_sig(ft), **_SHIM_OPTS)(shim)
+        _KEEP.append(c)
+        llvm.add_symbol(name, c.address)
+
+
+_register()
+
+
 @jit
 def gemm(C, A, B, trans_a, trans_b, alpha, beta):
-    """``C = alpha * op(A) @ op(B) + beta * C`` for row-major 2-D views.
-
-    Views may be row/column slices as long as the last axis has unit stride
-    (leading dimension = ``strides[0] // itemsize``).  Writes ``C`` only.
-    No checking: callers guarantee shapes.
-    """
+    """``C = alpha * op(A) @ op(B) + beta * C`` for row-major 2-D views (unit stride on the last
+    axis).  Writes ``C`` only; ``beta = 0`` overwrites (NaN in C is not propagated).  No checking:
+    callers guarantee shapes."""
     m, n = C.shape
     k = A.shape[0] if trans_a else A.shape[1]
     if m == 0 or n == 0:
         return
-    isz = C.itemsize
-    lda = max(A.strides[0] // isz, 1)
-    ldb = max(B.strides[0] // isz, 1)
-    ldc = max(C.strides[0] // isz, 1)
-    # row-major C = op(A) op(B)  <=>  column-major C^T = op(B)^T op(A)^T
-    tb = _T if trans_b else _N
-    ta = _T if trans_a else _N
     if k == 0:
+        b = cast_like(beta, C)
         for i in range(m):
             for j in range(n):
-                C[i, j] = cast_like(beta, C) * C[i, j] if beta != 0 else 0
+                C[i, j] = b * C[i, j] if beta != 0 else 0
         return
-    _fortran_gemm(tb, ta, n, m, k, cast_like(alpha, C), B, ldb, A, lda,
-                  cast_like(beta, C), C, ldc)
+    isz = C.itemsize
+    lda = A.strides[0] // isz
+    ldb = B.strides[0] // isz
+    rsa, csa = (1, lda) if trans_a else (lda, 1)
+    rsb, csb = (1, ldb) if trans_b else (ldb, 1)
+    _call_strided(m, n, k, cast_like(alpha, C), A, rsa, csa, B, rsb, csb, cast_like(beta, C), C,
+                  C.strides[0] // isz, 1)
