@@ -53,7 +53,91 @@ def build_parser():
     b.add_argument("--no-scaling", action="store_true", help="skip the thread-scaling table")
     b.add_argument("--epoch", action="store_true", help="also time one Fashion-MNIST epoch vs PyTorch")
     b.add_argument("--data-dir", default=None)
+    g = sub.add_parser("gradcheck", help="backprop vs central finite differences on a random small net (float64)")
+    g.add_argument("--hidden", type=_hidden, default=[5, 4])
+    g.add_argument("--activation", default="tanh", choices=["tanh", "relu", "leaky_relu", "sigmoid", "identity"])
+    g.add_argument("--loss", default="softmax_ce", choices=["softmax_ce", "mse", "sigmoid_bce"])
+    g.add_argument("--batchnorm", action="store_true")
+    g.add_argument("--dropout", type=float, default=0.0)
+    g.add_argument("--inputs", type=_positive(int), default=6)
+    g.add_argument("--outputs", type=_positive(int), default=3)
+    g.add_argument("--batch", type=_positive(int), default=8)
+    g.add_argument("--threshold", type=_positive(float), default=1e-5, help="fail above this relative error")
+    g.add_argument("--seed", type=int, default=0)
+
+    e = sub.add_parser("experiment", help="the classic backprop experiments")
+    e.add_argument("name", choices=["vanishing", "regularizers"])
+    e.add_argument("--out", default=None, help="output folder (default ./runs/<experiment>/)")
+    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--epochs", type=_positive(int), default=5, help="regularizers: epochs per run")
+    e.add_argument("--steps", type=_positive(int), default=2000, help="vanishing: at most this many full-batch steps")
+    e.add_argument("--lr", type=_positive(float), default=None, help="default 1.0 (vanishing) / 0.1 (regularizers)")
+    e.add_argument("--data-dir", default=None)
+    e.add_argument("--subset", type=_positive(int), default=None, help="regularizers: use the first N samples")
+
+    pl = sub.add_parser("plot", help="draw loss/accuracy curves of a saved history (JSON or CSV)")
+    pl.add_argument("history", nargs="+")
+    pl.add_argument("--out", default=None, help="PNG path (default: next to the first history)")
     return p
+
+
+def cmd_gradcheck(args):
+    import numpy as np
+    import fastbp
+    rng = np.random.default_rng(args.seed)
+    layers = []
+    for h in args.hidden:
+        layers += [fastbp.Dense(h), fastbp.BatchNorm(args.activation)] if args.batchnorm else \
+            [fastbp.Dense(h, args.activation)]
+        if args.dropout:
+            layers.append(fastbp.Dropout(args.dropout))
+    out_act = "sigmoid" if args.loss == "mse" else "identity"
+    model = fastbp.Model(layers + [fastbp.Dense(args.outputs, out_act)], loss=args.loss, dtype="float64",
+                         input_dim=args.inputs, seed=max(args.seed, 0))
+    X = rng.standard_normal((args.batch, args.inputs))
+    y = rng.integers(0, args.outputs, args.batch) if args.loss == "softmax_ce" else \
+        rng.random((args.batch, args.outputs))
+    errs = fastbp.gradcheck(model, X, y)
+    print(f"{'parameter':<14} {'max rel error':>14}")
+    for k, v in errs.items():
+        print(f"{k:<14} {v:14.3e}{'  FAIL' if v > args.threshold else ''}")
+    worst = max(errs.values())
+    ok = worst <= args.threshold
+    print(f"{'ok' if ok else 'FAILED'}: max relative error {worst:.3e} (threshold {args.threshold:g})")
+    return 0 if ok else 1
+
+
+def cmd_experiment(args):
+    import os
+    from fastbp import experiments
+    out = args.out or os.path.join("runs", args.name)
+    try:
+        if args.name == "vanishing":
+            experiments.vanishing(out, seed=args.seed, max_steps=args.steps, lr=args.lr or 1.0)
+        else:
+            experiments.regularizers(out, epochs=args.epochs, lr=args.lr or 0.1, seed=args.seed,
+                                     data_dir=args.data_dir, subset=args.subset)
+    except FileNotFoundError as e:
+        print(f"fastbp: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def cmd_plot(args):
+    import os
+    from fastbp import plotting
+    from fastbp.history import load_history
+    try:
+        runs = {os.path.basename(p): load_history(p) for p in args.history}
+    except (OSError, ValueError, KeyError) as e:
+        print(f"fastbp: cannot read history: {e}", file=sys.stderr)
+        return 2
+    if not plotting.available():
+        print(f"fastbp: {plotting.PLOT_HINT}", file=sys.stderr)
+        return 2
+    out = args.out or os.path.splitext(args.history[0])[0] + ".png"
+    print(plotting.curves(runs, out, ", ".join(runs)))
+    return 0
 
 
 def _build_model(args, n_in, n_out):
@@ -140,7 +224,8 @@ def cmd_bench(args):
 def main(argv=None):
     args = build_parser().parse_args(argv)
     t0 = time.perf_counter()
-    rc = {"train": cmd_train, "bench": cmd_bench}[args.command](args)
+    rc = {"train": cmd_train, "bench": cmd_bench, "gradcheck": cmd_gradcheck, "experiment": cmd_experiment,
+          "plot": cmd_plot}[args.command](args)
     if args.command == "train":
         print(f"total {time.perf_counter() - t0:.1f} s")
     return rc

@@ -8,6 +8,7 @@ EPOCH_KEYS = ("epoch", "loss", "accuracy", "val_loss", "val_accuracy", "seconds"
 
 def save_history(history, path):
     path = os.fspath(path)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     if path.endswith(".csv"):
         keys = [k for k in EPOCH_KEYS if history.get(k)]
         n = len(history["epoch"])

@@ -1,0 +1,88 @@
+"""Issue 5: gradcheck CLI, the vanishing-gradient and regularizer experiments, plots, history export."""
+import json
+import struct
+import sys
+import zlib
+
+import numpy as np
+import pytest
+
+from fastbp import cli, experiments, plotting
+from fastbp.history import load_history, save_history
+
+
+def assert_png_with_content(path, min_size=(200, 150)):
+    with open(path, "rb") as f:
+        data = f.read()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n", "not a PNG"
+    w, h = struct.unpack(">II", data[16:24])
+    assert w >= min_size[0] and h >= min_size[1]
+    import matplotlib.image as mpimg
+    img = mpimg.imread(path)
+    colours = np.unique(img.reshape(-1, img.shape[-1]).round(3), axis=0)
+    assert len(colours) > 10, "image is (almost) a single colour"
+    assert zlib.crc32(data[12:29]) == struct.unpack(">I", data[29:33])[0], "corrupt IHDR"
+
+
+def test_gradcheck_cli_exit_codes(capsys):
+    assert cli.main(["gradcheck", "--batchnorm", "--dropout", "0.2"]) == 0
+    assert "ok: max relative error" in capsys.readouterr().out
+    for loss in ("mse", "sigmoid_bce"):
+        assert cli.main(["gradcheck", "--loss", loss, "--activation", "sigmoid"]) == 0
+    assert cli.main(["gradcheck", "--threshold", "1e-300"]) == 1
+    assert "FAILED" in capsys.readouterr().out
+
+
+def test_vanishing_experiment_sigmoid_deltas_shrink_toward_input(tmp_path):
+    out = []
+    res, files = experiments.vanishing(str(tmp_path), seed=0, max_steps=300, say=out.append)
+    sig = list(res["sigmoid"]["deltas"].values())     # input layer first
+    assert sig[0] < sig[1] < sig[2], sig
+    assert res["sigmoid"]["steps_to_target"] is not None and res["relu"]["steps_to_target"] is not None
+    text = "\n".join(out)
+    assert "steps to loss<=0.01" in text and "relu" in text
+    pngs = [f for f in files if f.endswith(".png")]
+    assert len(pngs) == 1
+    assert_png_with_content(pngs[0])
+    h = load_history(tmp_path / "history_sigmoid.json")
+    assert len(h["grad_norms"]) == 300 and "layer0.delta" in h["grad_norms"][0]
+
+
+def test_regularizers_experiment_writes_three_figures_and_a_table(tmp_path):
+    out = []
+    summary, files = experiments.regularizers(str(tmp_path), epochs=1, subset=1200, say=out.append)
+    assert set(summary) == set(experiments.REGULARIZER_RUNS)
+    for r in summary.values():
+        assert 0 <= r["test_accuracy"] <= 1 and r["seconds"] > 0
+    pngs = sorted(f for f in files if f.endswith(".png"))
+    assert [p.rsplit("/", 1)[1] for p in pngs] == ["batchnorm.png", "dropout.png", "input_normalization.png"]
+    for p in pngs:
+        assert_png_with_content(p)
+    assert "test acc" in "\n".join(out)
+
+
+def test_experiment_without_matplotlib_prints_table_and_hint(tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)   # import matplotlib -> ImportError
+    assert not plotting.available()
+    rc = cli.main(["experiment", "vanishing", "--out", str(tmp_path), "--steps", "50"])
+    out = capsys.readouterr().out
+    assert rc == 0
+    assert "pip install 'fastbp[plot]'" in out and "sigmoid" in out
+    assert not list(tmp_path.glob("*.png"))
+    save_history({"epoch": [1], "loss": [1.0]}, tmp_path / "h.json")
+    assert cli.main(["plot", str(tmp_path / "h.json")]) == 2
+    assert "matplotlib" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("ext", ["json", "csv"])
+def test_history_export_and_plot_command(tmp_path, ext, capsys):
+    h = {"epoch": [1, 2, 3], "loss": [1.0, 0.6, 0.4], "accuracy": [0.5, 0.7, 0.8], "val_loss": [1.1, 0.7, 0.5],
+         "val_accuracy": [0.45, 0.65, 0.75], "seconds": [1, 1, 1], "samples_per_s": [10, 10, 10],
+         "lr": [0.1, 0.1, 0.1]}
+    p = save_history(h, tmp_path / f"h.{ext}")
+    back = load_history(p)
+    assert back["loss"] == h["loss"] and back["val_accuracy"] == h["val_accuracy"]
+    png = tmp_path / "curves.png"
+    assert cli.main(["plot", str(p), "--out", str(png)]) == 0
+    assert str(png) in capsys.readouterr().out
+    assert_png_with_content(png)
