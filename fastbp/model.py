@@ -62,6 +62,16 @@ class _Workspace:
         self.deltas = [np.empty((N, nd.dout), dt) for nd in model.nodes]
         self.partial = np.empty(model._nt, np.float64)
         self.empty = np.empty((0, 0), dt)
+        self.fast = None
+        if all(nd.kind == "dense" for nd in model.nodes) and model.loss == "softmax_ce":
+            # the whole step in one jitted call over typed Lists: no Python dispatch per layer and
+            # no per-call wrapping of ndarray arguments (see kernels.dense.mlp_train_step)
+            tl, nodes = KD.typed_list, model.nodes
+            self.scratch = (self.partial, np.array([nd.alpha for nd in nodes], np.float64),
+                            np.array([nd.act for nd in nodes], np.float64))
+            self.fast = (tl((self.x, *self.outs)), tl(tuple(nd.W for nd in nodes)), tl(tuple(nd.b for nd in nodes)),
+                         tl(tuple(nd.dW for nd in nodes)), tl(tuple(nd.db for nd in nodes)), tl(tuple(self.deltas)),
+                         tl((self.y,)), tl(self.scratch))
 
 
 class Model:
@@ -257,9 +267,12 @@ class Model:
         t = self.step_count
         opt = self.optimizer
         fused = opt.fusable and not self._need_grads
-        self._forward(ws, True, t)
-        loss = self._loss(ws, True)
-        self._backward(ws, fused, lr, opt.weight_decay, t)
+        if ws.fast is not None:
+            loss = KD.mlp_train_step(*ws.fast, fused, lr, opt.weight_decay, self._nt)
+        else:
+            self._forward(ws, True, t)
+            loss = self._loss(ws, True)
+            self._backward(ws, fused, lr, opt.weight_decay, t)
         if not fused:
             opt.step(self.params, self.grads, self.opt_state, lr, t, self._nt)
         return loss

@@ -12,12 +12,14 @@ so each thread streams only its half of W, and each block is one sequential
 BLAS call followed by the fused elementwise work while the block is in cache.
 """
 from numba import prange
+from numba.typed import List
 
 from . import _check
 from ._blas import gemm
 from ._jit import cast_like, jit
 from .activation import IDENTITY, act_code, act_grad_block, bias_act_block, split
 from .activation import _backward as _act_backward
+from .loss import _softmax_ce_int
 
 
 @jit
@@ -147,3 +149,42 @@ def dense_backward(dx, dW, db, dout, x, W, y, act="identity", alpha=0.01, nthrea
     act_backward_inplace(dout, y, a, alpha, nt)
     backward_step(dx, dW, db, dout, x, W, db, x[:0], IDENTITY, 0.0, want_dx, False, 0.0, 0.0, nt)
     return dx if want_dx else None
+
+
+@jit
+def typed_list(arrays):
+    """A numba typed List from a tuple of same-typed arrays, built in compiled (cached) code:
+    constructing typed Lists from Python compiles numba helpers in every process (~0.2 s per
+    element type), this does not."""
+    out = List()
+    for a in arrays:
+        out.append(a)
+    return out
+
+
+@jit
+def mlp_train_step(acts, Ws, bs, dWs, dbs, deltas, labels, scratch, fused_sgd, lr, wd, nchunks):
+    """One softmax-cross-entropy training step of a stack of dense layers, in one call.
+
+    Layer i maps ``acts[i]`` (N, D_i) to ``acts[i + 1]`` (N, D_{i+1}) with ``Ws[i]`` (D_i, D_{i+1}),
+    ``bs[i]`` and activation code ``scratch[2][i]`` / slope ``scratch[1][i]``; the last layer gives
+    the logits.  ``labels[0]`` holds the (N,) int labels, ``scratch[0]`` one float64 slot per chunk.
+    Every
+    argument is a numba typed List (or a scalar), so the call crosses from Python without
+    allocating anything.  Writes acts[1:], deltas (pre-activation gradients) and either updates
+    Ws/bs in place (``fused_sgd``: p = (1 - lr wd) p - lr g) or overwrites dWs/dbs.  Returns the
+    mean loss.  It runs exactly the kernels the general Model schedule calls, in the same order.
+    """
+    L = len(Ws)
+    partial, alphas, codes = scratch[0], scratch[1], scratch[2]
+    for i in range(L):
+        _forward(acts[i + 1], acts[i], Ws[i], bs[i], int(codes[i]), alphas[i], nchunks)
+    loss = _softmax_ce_int(deltas[L - 1], acts[L], labels[0], True, partial, nchunks)
+    for i in range(L - 1, -1, -1):
+        if i > 0:
+            backward_step(deltas[i - 1], dWs[i], dbs[i], deltas[i], acts[i], Ws[i], bs[i], acts[i],
+                          int(codes[i - 1]), alphas[i - 1], True, fused_sgd, lr, wd, nchunks)
+        else:
+            backward_step(deltas[0][:0], dWs[0], dbs[0], deltas[0], acts[0], Ws[0], bs[0], acts[0],
+                          IDENTITY, 0.0, False, fused_sgd, lr, wd, nchunks)
+    return loss

@@ -210,6 +210,41 @@ def test_steady_state_step_allocates_nothing(rng, monkeypatch):
         assert not grown, f"{opt}: Python memory grew during steps: {grown[:3]}"
 
 
+def test_dense_mlp_step_allocates_nothing_at_all(rng):
+    """The all-Dense softmax-CE path runs as one jitted call over typed Lists: zero NRT allocations."""
+    from numba.core.runtime import _nrt_python, rtsys
+    X, y = _data(rng, 512, 64, 10)
+    _nrt_python.memsys_enable_stats()
+    m = Model([Dense(256, "tanh"), Dense(128, "relu"), Dense(10)])
+    m.fit(X[:256], y[:256], epochs=1, batch_size=128)
+    ws = m._workspace(128)
+    assert ws.fast is not None
+    ws.x[...] = X[:128]
+    ws.y[...] = y[:128]
+    m._train_step(ws, 0.01)
+    before = rtsys.get_allocation_stats()
+    for _ in range(20):
+        m._train_step(ws, 0.01)
+    after = rtsys.get_allocation_stats()
+    assert after.alloc - before.alloc == 0
+
+
+def test_fast_and_general_schedules_agree(rng, monkeypatch):
+    X, y = _data(rng, 96, 10, 3, np.float64)
+    a = Model([Dense(12, "tanh"), Dense(7, "leaky_relu"), Dense(3)], input_dim=10, dtype="float64", seed=5)
+    b = Model([Dense(12, "tanh"), Dense(7, "leaky_relu"), Dense(3)], input_dim=10, dtype="float64", seed=5)
+    a.fit(X, y, epochs=2, batch_size=32, lr=0.1)
+    from fastbp import model as model_mod
+    real = model_mod._Workspace.__init__
+
+    def no_fast(self, model, N):
+        real(self, model, N)
+        self.fast = None
+    monkeypatch.setattr(model_mod._Workspace, "__init__", no_fast)
+    b.fit(X, y, epochs=2, batch_size=32, lr=0.1)
+    assert np.array_equal(a.params, b.params)
+
+
 def test_set_num_threads_validates():
     with pytest.raises(ValueError):
         fastbp.set_num_threads(0)
