@@ -1,8 +1,8 @@
 """``fastbp bench``: one training step of the 784-512-512-10 tanh MLP (softmax-CE, float32, SGD),
 fastbp vs the numpy reference vs the GEMM floor vs PyTorch (if importable), as ratios of one run.
 
-Each contender is timed in its own block (median of ``repeat`` timings of ~50 ms each), in the
-same process and run, and the table reports ratios.
+Each contender is timed in ~50 ms blocks taken round-robin (median of ``repeat`` blocks), in the
+same run, and the table reports ratios.  PyTorch runs in its own process (see _torch_in_subprocess).
 """
 import statistics
 import time
@@ -118,15 +118,17 @@ def _measure(contenders, repeat, target=0.05):
         fn()
         t = _timeit(fn, 3)
         numbers[name] = max(1, int(target / max(t, 1e-7)))
-    # Each contender in its own block: interleaving single calls would make the thread pools of
-    # numba, OpenBLAS and PyTorch spin against each other and measure that instead.  A short
-    # pause lets the previous contender's pool go idle.
-    res = {}
-    for name, fn in contenders.items():
-        time.sleep(0.2)
-        fn()
-        res[name] = statistics.median(_timeit(fn, numbers[name]) for _ in range(repeat))
-    return res
+    # Blocks of ~50 ms, round-robin over the contenders, median per contender: a burst of load from
+    # elsewhere on the machine then hits every contender alike instead of one whole block.  A short
+    # pause and one untimed call before each block let the previous contender's thread pool go
+    # idle (interleaving single calls would measure the pools spinning against each other).
+    samples = {name: [] for name in contenders}
+    for _ in range(repeat):
+        for name, fn in contenders.items():
+            time.sleep(0.2)   # OpenBLAS threads spin ~0.1 s after their last call
+            fn()
+            samples[name].append(_timeit(fn, numbers[name]))
+    return {name: statistics.median(v) for name, v in samples.items()}
 
 
 def run(batch_sizes=(32, 128, 512, 2048), repeat=7, peers=True, scaling=True, epoch=False, data_dir=None,
