@@ -2,14 +2,13 @@
 numba's parallel regions (see kernels/_blas.py), so one number governs both."""
 import numba
 
+from .kernels.validate import max_threads
+
 
 def set_num_threads(n):
     """Use ``n`` threads for every fastbp kernel (numba's pool; BLAS calls stay single-threaded)."""
-    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
-        raise ValueError(f"n: expected a positive int, got {n!r}")
-    if n > numba.config.NUMBA_NUM_THREADS:
-        raise ValueError(f"n: at most {numba.config.NUMBA_NUM_THREADS} threads are available "
-                         f"(NUMBA_NUM_THREADS), got {n}")
+    if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= max_threads():
+        raise ValueError(f"n: expected an int in [1, {max_threads()}] (NUMBA_NUM_THREADS), got {n!r}")
     numba.set_num_threads(n)
 
 
@@ -19,7 +18,8 @@ def get_num_threads():
 
 def threading_info():
     """Which threading layer and BLAS fastbp runs on (the layer is known after the first parallel call)."""
-    from .kernels import _blas
+    from .kernels import _blas, bind_blas
+    bind_blas()
     try:
         layer = numba.threading_layer()
     except ValueError:

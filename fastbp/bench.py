@@ -25,10 +25,10 @@ def _fastbp_step(B, rng):
     X = rng.random((B, 784), dtype=np.float32)
     y = rng.integers(0, 10, B)
     m.fit(X, y, epochs=1, batch_size=B, lr=0.01)   # compile, build workspace
-    ws = m._workspace(B)
+    plan, ws, nt = m.plan, m.plan.train_workspace(B), fastbp.get_num_threads()
     ws.x[...] = X
     ws.y[...] = y
-    return lambda: m._train_step(ws, 0.01)
+    return lambda: plan.run(ws, "train", 1, 0.01, True, nt, m.optimizer, m.opt_state)
 
 
 def _reference_step(B, rng):
@@ -43,7 +43,7 @@ def _gemm_floor_steps(B, rng):
     """The step's 8 GEMMs alone: (a) through numpy's threaded OpenBLAS, (b) through fastbp's BLAS
     path (per-thread blocks in one numba parallel region per layer, as the kernels call them)."""
     from numba import get_num_threads
-    from fastbp.kernels.bench_gemm import gemm_only_step
+    from fastbp.kernels.gemm_floor import gemm_only_step
     X = rng.random((B, 784), dtype=np.float32)
     W = [(rng.standard_normal((d, f)) / np.sqrt(d)).astype(np.float32) for d, f in zip(SIZES[:-1], SIZES[1:])]
     H = [np.zeros((B, f), np.float32) for f in SIZES[1:]]

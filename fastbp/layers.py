@@ -1,7 +1,9 @@
-"""Layer specifications: plain descriptions that a Model compiles into kernel calls."""
+"""Layer specifications: what the user writes.  Plain frozen descriptions, validated on
+creation; ``fastbp.ops`` compiles each into an op."""
 from dataclasses import dataclass
 
-from .kernels.activation import CODE_NAMES, act_code
+from .kernels.names import CODE_NAMES, act_code, check_alpha
+from .kernels.validate import flag, real, scalar
 
 
 @dataclass(frozen=True)
@@ -17,6 +19,10 @@ class Dense:
         if not isinstance(self.units, int) or isinstance(self.units, bool) or self.units < 1:
             raise ValueError(f"Dense.units: expected a positive int, got {self.units!r}")
         object.__setattr__(self, "activation", CODE_NAMES[act_code(self.activation, "Dense.activation")])
+        object.__setattr__(self, "alpha", check_alpha(self.alpha, "Dense.alpha"))
+        object.__setattr__(self, "bias", flag("Dense.bias", self.bias))
+        if not isinstance(self.init, str):
+            raise TypeError(f"Dense.init: expected an initializer name, got {self.init!r}")
 
 
 @dataclass(frozen=True)
@@ -27,6 +33,7 @@ class Activation:
 
     def __post_init__(self):
         object.__setattr__(self, "name", CODE_NAMES[act_code(self.name, "Activation.name")])
+        object.__setattr__(self, "alpha", check_alpha(self.alpha, "Activation.alpha"))
 
 
 @dataclass(frozen=True)
@@ -39,10 +46,9 @@ class BatchNorm:
 
     def __post_init__(self):
         object.__setattr__(self, "activation", CODE_NAMES[act_code(self.activation, "BatchNorm.activation")])
-        if not 0 <= self.momentum <= 1:
-            raise ValueError(f"BatchNorm.momentum: expected a value in [0, 1], got {self.momentum!r}")
-        if not self.eps > 0:
-            raise ValueError(f"BatchNorm.eps: expected > 0, got {self.eps!r}")
+        object.__setattr__(self, "alpha", check_alpha(self.alpha, "BatchNorm.alpha"))
+        object.__setattr__(self, "momentum", scalar("BatchNorm.momentum", self.momentum, lo=0, hi=1))
+        object.__setattr__(self, "eps", scalar("BatchNorm.eps", self.eps, lo=0, lo_open=True))
 
 
 @dataclass(frozen=True)
@@ -51,8 +57,10 @@ class Dropout:
     p: float
 
     def __post_init__(self):
-        if not 0 <= self.p < 1:
+        p = real("Dropout.p", self.p)
+        if not 0 <= p < 1:
             raise ValueError(f"Dropout.p: expected a probability in [0, 1), got {self.p!r}")
+        object.__setattr__(self, "p", p)
 
 
 def spec_to_dict(spec):
@@ -65,4 +73,7 @@ def spec_from_dict(d):
     kind = d.pop("type", None)
     if kind not in kinds:
         raise ValueError(f"unknown layer type {kind!r} in architecture")
-    return kinds[kind](**d)
+    try:
+        return kinds[kind](**d)
+    except TypeError as e:
+        raise ValueError(f"invalid {kind} layer in architecture: {e}") from None

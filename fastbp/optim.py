@@ -1,48 +1,71 @@
 """Optimizers and learning-rate schedules for Model.fit.
 
-Each optimizer is one fused kernel launch over the model's flat parameter
-buffer (``fastbp.kernels.optim``).  Plain SGD (no momentum) is additionally
-fused into the dense layers' weight-gradient GEMMs by the Model, so it costs no
-pass of its own.
+Each optimizer contributes one entry to the training program: one fused kernel launch
+over the model's flat parameter buffer (``fastbp.kernels.optim``).  Plain SGD (no
+momentum) is instead fused into the layers' backward launches by the plan, so it costs
+no pass of its own.  An optimizer owns only its hyperparameters; its state buffers are
+made by ``init_state`` and kept by the model.
 """
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 
-from .kernels import optim as K
+from .kernels import adam_launch, jit, sgd_launch
+from .kernels import validate as _check
+
+
+@jit
+def sgd_entry(a2, a1, ai, af, ia, fa, t, lr, training, nt):
+    # ia: params, grads, velocity, nesterov     fa: momentum, weight_decay
+    sgd_launch(a1[ia[0]], a1[ia[1]], a1[ia[2]], lr, fa[0], ia[3] != 0, fa[1], nt)
+    return 0.0
+
+
+@jit
+def adam_entry(a2, a1, ai, af, ia, fa, t, lr, training, nt):
+    # ia: params, grads, m, v, decoupled     fa: beta1, beta2, eps, weight_decay
+    adam_launch(a1[ia[0]], a1[ia[1]], a1[ia[2]], a1[ia[3]], float(t), lr, fa[0], fa[1], fa[2], fa[3], ia[4] != 0, nt)
+    return 0.0
+
+
+def check_lr(lr, name="lr"):
+    return _check.scalar(name, lr, lo=0)
 
 
 @dataclass
 class SGD:
+    """SGD with optional momentum / Nesterov and (coupled) weight decay."""
     lr: float = 0.1
     momentum: float = 0.0
     nesterov: bool = False
     weight_decay: float = 0.0
 
-    state_names = ("velocity",)
-
     def __post_init__(self):
+        self.lr = check_lr(self.lr, "SGD.lr")
+        self.momentum = _check.scalar("SGD.momentum", self.momentum, lo=0, hi=1, hi_open=True)
+        self.weight_decay = _check.scalar("SGD.weight_decay", self.weight_decay, lo=0)
+        self.nesterov = _check.flag("SGD.nesterov", self.nesterov)
         if self.nesterov and self.momentum == 0:
             raise ValueError("SGD.nesterov: requires momentum > 0")
-        if not 0 <= self.momentum < 1:
-            raise ValueError(f"SGD.momentum: expected a value in [0, 1), got {self.momentum!r}")
 
     @property
     def fusable(self):
-        """True when the update is p -= lr (g + wd p): the Model folds it into the GEMMs."""
+        """True when the update is p -= lr (g + wd p): the plan folds it into the backward GEMMs."""
         return self.momentum == 0
 
     def init_state(self, P, dtype):
         return {"velocity": np.zeros(P if self.momentum else 0, dtype)}
 
-    def step(self, params, grads, state, lr, t, nchunks):
-        K._sgd(params, grads, state["velocity"] if self.momentum else params[:0], lr, self.momentum,
-               self.nesterov, self.weight_decay, nchunks)
+    def entry(self, ws, params, grads, state):
+        s = ws.slot
+        return sgd_entry, [s(params), s(grads), s(state["velocity"]), self.nesterov], [self.momentum,
+                                                                                        self.weight_decay]
 
 
 @dataclass
 class Adam:
+    """Adam (PyTorch's conventions); weight decay added to the gradient."""
     lr: float = 1e-3
     beta1: float = 0.9
     beta2: float = 0.999
@@ -51,16 +74,26 @@ class Adam:
     decoupled = False
     fusable = False
 
+    def __post_init__(self):
+        n = type(self).__name__
+        self.lr = check_lr(self.lr, f"{n}.lr")
+        self.beta1 = _check.scalar(f"{n}.beta1", self.beta1, lo=0, hi=1, hi_open=True)
+        self.beta2 = _check.scalar(f"{n}.beta2", self.beta2, lo=0, hi=1, hi_open=True)
+        self.eps = _check.scalar(f"{n}.eps", self.eps, lo=0, lo_open=True)
+        self.weight_decay = _check.scalar(f"{n}.weight_decay", self.weight_decay, lo=0)
+
     def init_state(self, P, dtype):
         return {"m": np.zeros(P, dtype), "v": np.zeros(P, dtype)}
 
-    def step(self, params, grads, state, lr, t, nchunks):
-        K._adam(params, grads, state["m"], state["v"], float(t), lr, self.beta1, self.beta2, self.eps,
-                self.weight_decay, self.decoupled, nchunks)
+    def entry(self, ws, params, grads, state):
+        s = ws.slot
+        return adam_entry, [s(params), s(grads), s(state["m"]), s(state["v"]), self.decoupled], \
+            [self.beta1, self.beta2, self.eps, self.weight_decay]
 
 
 @dataclass
 class AdamW(Adam):
+    """Adam with decoupled weight decay (p -= lr wd p before the Adam step)."""
     weight_decay: float = 1e-2
     decoupled = True
 
@@ -69,7 +102,8 @@ OPTIMIZERS = {"sgd": SGD, "adam": Adam, "adamw": AdamW}
 
 
 def make(opt, lr=None):
-    """An optimizer from a name or instance; ``lr`` (if given) overrides its rate."""
+    """A *new* optimizer from a name or instance (the instance is copied, never mutated);
+    ``lr`` (if given) overrides its rate."""
     if isinstance(opt, str):
         key = opt.lower()
         if key not in OPTIMIZERS:
@@ -77,11 +111,7 @@ def make(opt, lr=None):
         opt = OPTIMIZERS[key]()
     elif not isinstance(opt, (SGD, Adam)):
         raise TypeError(f"optimizer: expected a name or an SGD/Adam/AdamW instance, got {type(opt).__name__}")
-    if lr is not None:
-        if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr >= 0):
-            raise ValueError(f"lr: expected a finite number >= 0, got {lr!r}")
-        opt.lr = float(lr)
-    return opt
+    return replace(opt) if lr is None else replace(opt, lr=check_lr(lr))
 
 
 def to_dict(opt):

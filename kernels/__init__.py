@@ -1,24 +1,89 @@
 """fastbp.kernels: Numba CPU kernels for backpropagation.
 
 Kernels are pairs of free functions, outputs first, then inputs, then options.
-Public functions validate every argument (dtype, shape, contiguity, finiteness)
-and raise ``TypeError``/``ValueError`` naming the argument before any kernel
-runs; they write only into caller-owned buffers.
+Two documented levels, one naming convention:
 
-This package never imports from the rest of fastbp.
+* **Checked wrappers** (``dense_forward``, ``dense_backward``, ``softmax_cross_entropy``,
+  ``sgd``, ...): plain Python.  They validate every argument (dtype, byte order, shape,
+  contiguity, finiteness, overlap, scalar ranges) and raise ``TypeError``/``ValueError``
+  naming the argument before any kernel runs, so nothing is written on error.
+* **Jitted launches** (``dense_forward_launch``, ``dense_backward_launch``, ...): one
+  ``parallel=True`` region each, same semantics, *no checks*; activations are the integer
+  constants ``IDENTITY``, ``RELU``, ``LEAKY_RELU``, ``SIGMOID``, ``TANH`` and the last
+  argument ``nchunks`` is the number of per-thread chunks.  They may be called from a user's
+  own ``@numba.njit`` code (also inside ``prange``).  Call ``bind_blas()`` once from Python
+  first to surface BLAS set-up errors as exceptions (otherwise the first GEMM binds).
+
+Below them, ``*_block`` functions do the serial work of one chunk; ``split`` says how a
+range is cut into chunks.  This package never imports from the rest of fastbp.
 """
-from ._blas import BACKEND as blas_backend
-from .activation import (IDENTITY, LEAKY_RELU, RELU, SIGMOID, TANH, act_code,
-                         activation_backward, activation_forward)
-from .batchnorm import batchnorm_backward, batchnorm_forward
-from .dense import dense_backward, dense_forward
-from .dropout import dropout_backward, dropout_forward
-from .loss import mse, sigmoid_bce, softmax_cross_entropy
-from .optim import adam, adamw, sgd
+import importlib
 
-__all__ = [
-    "IDENTITY", "RELU", "LEAKY_RELU", "SIGMOID", "TANH", "act_code", "blas_backend",
-    "activation_forward", "activation_backward", "dense_forward", "dense_backward",
-    "batchnorm_forward", "batchnorm_backward", "dropout_forward", "dropout_backward",
-    "softmax_cross_entropy", "mse", "sigmoid_bce", "sgd", "adam", "adamw",
-]
+# Lazy: importing fastbp.kernels (or a numba-free part such as .names or .validate) loads no numba, BLAS or
+# SciPy; a name is imported from its module on first access.
+_EXPORTS = {
+    "bind_blas": ("_blas", "bind"),
+    "count_nonfinite": ("_check", "count_nonfinite"),
+    "first_out_of_range": ("_check", "first_out_of_range"),
+    "JIT_DISABLED": ("_jit", "JIT_DISABLED"),
+    "jit": ("_jit", "jit"),
+    "serial_sum": ("_parallel", "serial_sum"),
+    "split": ("_parallel", "split"),
+    "IDENTITY": ("names", "IDENTITY"),
+    "LEAKY_RELU": ("names", "LEAKY_RELU"),
+    "RELU": ("names", "RELU"),
+    "SIGMOID": ("names", "SIGMOID"),
+    "TANH": ("names", "TANH"),
+    "act_code": ("names", "act_code"),
+    "activation_backward": ("activation", "activation_backward"),
+    "activation_backward_launch": ("activation", "activation_backward_launch"),
+    "activation_forward": ("activation", "activation_forward"),
+    "activation_forward_launch": ("activation", "activation_forward_launch"),
+    "batchnorm_backward": ("batchnorm", "batchnorm_backward"),
+    "batchnorm_backward_launch": ("batchnorm", "batchnorm_backward_launch"),
+    "batchnorm_forward": ("batchnorm", "batchnorm_forward"),
+    "batchnorm_forward_launch": ("batchnorm", "batchnorm_forward_launch"),
+    "dense_backward": ("dense", "dense_backward"),
+    "dense_backward_launch": ("dense", "dense_backward_launch"),
+    "dense_forward": ("dense", "dense_forward"),
+    "dense_forward_launch": ("dense", "dense_forward_launch"),
+    "dropout_backward": ("dropout", "dropout_backward"),
+    "dropout_backward_launch": ("dropout", "dropout_backward_launch"),
+    "dropout_forward": ("dropout", "dropout_forward"),
+    "dropout_forward_launch": ("dropout", "dropout_forward_launch"),
+    "count_argmax_correct": ("loss", "count_argmax_correct"),
+    "count_threshold_correct": ("loss", "count_threshold_correct"),
+    "mse": ("loss", "mse"),
+    "mse_launch": ("loss", "mse_launch"),
+    "sigmoid_bce": ("loss", "sigmoid_bce"),
+    "sigmoid_bce_launch": ("loss", "sigmoid_bce_launch"),
+    "softmax_ce_launch": ("loss", "softmax_ce_launch"),
+    "softmax_ce_soft_launch": ("loss", "softmax_ce_soft_launch"),
+    "softmax_cross_entropy": ("loss", "softmax_cross_entropy"),
+    "adam": ("optim", "adam"),
+    "adam_launch": ("optim", "adam_launch"),
+    "adamw": ("optim", "adamw"),
+    "sgd": ("optim", "sgd"),
+    "sgd_launch": ("optim", "sgd_launch"),
+}
+
+__all__ = sorted(_EXPORTS) + ["blas_backend"]
+
+
+def __getattr__(name):
+    if name in _EXPORTS:
+        mod, attr = _EXPORTS[name]
+        value = getattr(importlib.import_module(f"{__name__}.{mod}"), attr)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return __all__
+
+
+def blas_backend():
+    """The bound BLAS ("blis", "openblas", "mkl"; "numpy" in pure-Python mode), binding it if needed."""
+    from ._blas import bind
+    return bind()

@@ -1,4 +1,4 @@
-"""GEMM for the kernels, bound into jitted code by symbol name.
+"""GEMM for the kernels: one strided ABI, bound to a BLAS on first use.
 
 Shapes: ``C (M, N) = alpha * op(A) @ op(B) + beta * C``, ``op(A)`` is (M, K), ``op(B)`` is (K, N),
 every operand a 2-D view whose last axis has unit stride (row or column slices are fine).
@@ -7,51 +7,63 @@ Design
 ------
 Kernels call BLAS from jitted code, also inside ``prange`` bodies, and must survive
 ``cache=True``: a function address baked into machine code would be stale in the next process.
-So kernels call one fixed ABI by name,
+So kernels load the address of a function with one fixed ABI,
 
-    void fastbp_gemm_v2_s(i64 m, i64 n, i64 k, f32 alpha, f32* a, i64 rsa, i64 csa,
-                      f32* b, i64 rsb, i64 csb, f32 beta, f32* c, i64 rsc, i64 csc)
+    void gemm(i64 m, i64 n, i64 k, f32 alpha, f32* a, i64 rsa, i64 csa,
+              f32* b, i64 rsb, i64 csb, f32 beta, f32* c, i64 rsc, i64 csc)
 
-(and ``fastbp_gemm_v2_d``; the version in the name changes whenever the ABI does, so code
-cached against an older ABI fails to link instead of calling a mismatched function), and each process binds that name (``llvmlite.binding.add_symbol``) to a
-small numba ``cfunc`` shim for the chosen library: one that calls BLIS's ``bli_?gemm_ex`` with a
-kernel context, or one that maps the strides onto the Fortran ``?gemm`` of OpenBLAS or MKL.
-The shims themselves reach the libraries through registered names too, so all of it is cacheable
-and the backend can differ between processes that share one cache.
+(and the float64 twin) from a two-entry table whose address is registered under the symbol
+``fastbp_gemm_slot_v3`` (the version changes whenever the ABI does, so code cached against an
+older ABI fails to link instead of calling a mismatched function).  Importing this module only
+allocates that table and points both entries at a small *binder*; nothing is loaded.
+
+Binding (``bind()``) happens once, on first kernel use: the checked wrappers and the model call
+it before their first launch, and if a user's own ``@njit`` code reaches a GEMM first, the binder
+entry itself binds (under a lock) and forwards the call.  ``bind()`` loads the chosen library,
+compiles (or loads from numba's cache) a small ``cfunc`` shim that maps the strided ABI onto it,
+and writes the shim's address into the table.  The shims reach the libraries through registered
+symbol names too, so everything is cacheable and the backend can differ between processes that
+share one cache.
 
 BLAS is always called single-threaded: fastbp has one thread domain, numba's.  Kernels cut each
 GEMM into per-thread blocks inside ``prange``; no second thread pool ever spins against numba's.
 
 Backends (``FASTBP_BLAS`` = ``auto`` | ``blis`` | ``openblas`` | ``mkl``):
 
-* ``blis``: PyPI's ``blis`` package (single-threaded BLIS).  Its 0.7 build does not recognise
-  newer CPUs (e.g. AMD Zen 5 is "generic", ~40 GFLOP/s), so on a CPU with AVX-512 F/DQ/BW/VL we
-  build its ``skx`` (AVX-512) kernel context ourselves and pass it to every call; measured
-  200-218 GFLOP/s per core for sgemm on Zen 5 vs 111-125 for OpenBLAS.
-* ``openblas``: SciPy's OpenBLAS through ``scipy.linalg.cython_blas``; its thread count is set to 1.
-* ``mkl``: ``libmkl_rt`` from PyPI's ``mkl``, sequential layer (10-20% slower than OpenBLAS here).
+* ``blis``: PyPI's ``blis`` package (single-threaded BLIS 0.7).  It does not recognise newer
+  CPUs (e.g. AMD Zen 5 is "generic", ~40 GFLOP/s), so on a CPU with AVX-512 F/DQ/BW/VL we build
+  its ``skx`` (AVX-512) kernel context ourselves and pass it to every call.
+* ``openblas``: SciPy's bundled OpenBLAS through ``scipy.linalg.cython_blas``.  That copy is
+  SciPy's own (``scipy.libs``, not numpy's); binding sets *its* thread count to 1.
+* ``mkl``: ``libmkl_rt`` from PyPI's ``mkl``, sequential layer.
 
 ``auto`` = blis when the CPU has AVX-512 and ``blis`` imports, else openblas.
+
+Pure-Python mode (``NUMBA_DISABLE_JIT=1``): ``gemm`` is numpy's matmul; nothing is bound.
 """
 import ctypes
 import glob
 import os
 import sys
+import threading
 
-import llvmlite.binding as llvm
 import numpy as np
-from llvmlite import ir
-from numba import cfunc, types
-from numba.core import cgutils
-from numba.extending import intrinsic
 
-from ._jit import JIT_OPTIONS, cast_like, jit
+from ._jit import JIT_DISABLED, JIT_OPTIONS, cast_like, jit
 
-BACKEND = None          # "blis", "openblas" or "mkl" once loaded
+BACKEND = None          # "blis", "openblas" or "mkl" once bound
 LIBRARY_PATH = None     # file that provides the GEMM
 BLIS_KERNELS = None     # BLIS kernel set in use ("skx", or BLIS's own choice)
 
 _KEEP = []              # objects whose addresses were registered: keep them alive
+_LOCK = threading.RLock()
+SLOT_SYMBOL = "fastbp_gemm_slot_v3"
+_SLOTS = (ctypes.c_void_p * 2)()    # [0]: float32 shim, [1]: float64 shim
+
+_I64 = ctypes.c_int64
+_VP = ctypes.c_void_p
+_PROTOS = [ctypes.CFUNCTYPE(None, _I64, _I64, _I64, ft, _VP, _I64, _I64, _VP, _I64, _I64, ft, _VP, _I64, _I64)
+           for ft in (ctypes.c_float, ctypes.c_double)]
 
 
 def _capsule_address(capsule):
@@ -156,179 +168,240 @@ def _self_check_blis(lib, cntx):
                 raise OSError(f"BLIS {dt.__name__} gemm self-check failed for ({m}, {n}, {k})")
 
 
-# ------------------------------------------------------------------------------------------
-# Calls by name.  Arrays and CPointers pass their data pointer; scalars pass by value unless
-# the callee takes them by reference (Fortran BLAS, BLIS's alpha/beta).
 
-def _ptr(context, builder, ty, val):
-    i8p = ir.IntType(8).as_pointer()
-    if isinstance(ty, types.Array):
-        return builder.bitcast(context.make_array(ty)(context, builder, val).data, i8p)
-    return builder.bitcast(val, i8p)
+def bound():
+    """True once a BLAS is bound in this process."""
+    return BACKEND is not None
 
 
-def _scalar(builder, ty, val, width):
-    if isinstance(ty, types.Integer) and val.type.width != width:
-        return builder.trunc(val, ir.IntType(width)) if val.type.width > width else builder.sext(val, ir.IntType(width))
-    return val
+def bind():
+    """Bind the GEMM table to the backend chosen by ``FASTBP_BLAS`` (once; later calls return at once).
 
-
-@intrinsic
-def _call_strided(typingctx, m, n, k, alpha, a, rsa, csa, b, rsb, csb, beta, c, rsc, csc):
-    """The kernels' entry point: ``fastbp_gemm_v2_{s,d}`` with the strided ABI above."""
-    if alpha not in (types.float32, types.float64):
-        return None
-    name = "fastbp_gemm_v2_s" if alpha == types.float32 else "fastbp_gemm_v2_d"
-    sig = types.void(m, n, k, alpha, a, rsa, csa, b, rsb, csb, beta, c, rsc, csc)
-
-    def codegen(context, builder, signature, args):
-        i64, i8p = ir.IntType(64), ir.IntType(8).as_pointer()
-        ft = context.get_value_type(signature.args[3])
-        kinds = [i64, i64, i64, ft, i8p, i64, i64, i8p, i64, i64, ft, i8p, i64, i64]
-        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.VoidType(), kinds), name)
-        vals = [_ptr(context, builder, ty, v) if kind == i8p else _scalar(builder, ty, v, 64)
-                for v, ty, kind in zip(args, signature.args, kinds)]
-        builder.call(fn, vals)
-        return context.get_dummy_value()
-
-    return sig, codegen
-
-
-@intrinsic
-def _call_f77(typingctx, ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc):
-    """``fastbp_f77_{s,d}gemm``: Fortran ABI, every argument by reference, 32-bit ints (LP64)."""
-    if alpha not in (types.float32, types.float64):
-        return None
-    name = "fastbp_f77_sgemm" if alpha == types.float32 else "fastbp_f77_dgemm"
-    sig = types.void(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc)
-
-    def codegen(context, builder, signature, args):
-        i8p = ir.IntType(8).as_pointer()
-        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.VoidType(), [i8p] * 13), name)
-        out = []
-        for val, ty in zip(args, signature.args):
-            if isinstance(ty, (types.Array, types.CPointer)):
-                out.append(_ptr(context, builder, ty, val))
-            else:
-                v = _scalar(builder, ty, val, 32) if isinstance(ty, types.Integer) and ty.bitwidth > 8 else val
-                out.append(builder.bitcast(cgutils.alloca_once_value(builder, v), i8p))
-        builder.call(fn, out)
-        return context.get_dummy_value()
-
-    return sig, codegen
-
-
-@intrinsic
-def _call_blis(typingctx, m, n, k, alpha, a, rsa, csa, b, rsb, csb, beta, c, rsc, csc):
-    """``fastbp_bli_{s,d}gemm_ex`` with the registered context ``fastbp_blis_cntx``, rntm NULL."""
-    if alpha not in (types.float32, types.float64):
-        return None
-    name = "fastbp_bli_sgemm_ex" if alpha == types.float32 else "fastbp_bli_dgemm_ex"
-    sig = types.void(m, n, k, alpha, a, rsa, csa, b, rsb, csb, beta, c, rsc, csc)
-
-    def codegen(context, builder, signature, args):
-        i32, i64, i8p = ir.IntType(32), ir.IntType(64), ir.IntType(8).as_pointer()
-        kinds = [i32, i32, i64, i64, i64, i8p, i8p, i64, i64, i8p, i64, i64, i8p, i8p, i64, i64, i8p, i8p]
-        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.VoidType(), kinds), name)
-        cntx = builder.module.globals.get("fastbp_blis_cntx")
-        if cntx is None:
-            cntx = cgutils.add_global_variable(builder.module, ir.IntType(8), "fastbp_blis_cntx")
-            cntx.linkage = "external"
-        (m_, n_, k_, al, a_, rsa_, csa_, b_, rsb_, csb_, be, c_, rsc_, csc_) = args
-        st = signature.args
-        p = lambda i, v: _ptr(context, builder, st[i], v)
-        s = lambda i, v: _scalar(builder, st[i], v, 64)
-        ref = lambda v: builder.bitcast(cgutils.alloca_once_value(builder, v), i8p)
-        zero = ir.Constant(i32, 0)   # BLIS_NO_TRANSPOSE: transposes are expressed by the strides
-        builder.call(fn, [zero, zero, s(0, m_), s(1, n_), s(2, k_), ref(al), p(4, a_), s(5, rsa_), s(6, csa_),
-                          p(7, b_), s(8, rsb_), s(9, csb_), ref(be), p(11, c_), s(12, rsc_), s(13, csc_),
-                          builder.bitcast(cntx, i8p), ir.Constant(i8p, None)])
-        return context.get_dummy_value()
-
-    return sig, codegen
-
-
-_N = np.uint8(ord("N"))
-_T = np.uint8(ord("T"))
-
-
-def _shim_sig(ft):
-    P = types.CPointer(ft)
-    i = types.int64
-    return types.void(i, i, i, ft, P, i, i, P, i, i, ft, P, i, i)
-
-
-_SHIM_OPTS = dict(cache=JIT_OPTIONS["cache"], nopython=True, error_model="numpy")
-
-
-def _f77_shim(m, n, k, alpha, a, rsa, csa, b, rsb, csb, beta, c, rsc, csc):
-    # Column-major view: C^T (n x m) = op(B)^T (n x k) @ op(A)^T (k x m).  An operand is either
-    # 'N' (unit stride down its columns) or 'T' (unit stride along its rows); along a dimension of
-    # size 1 the stride is irrelevant and the leading dimension is chosen legal (>= rows).
-    if csa == 1 and (m == 1 or rsa >= k):
-        ta, lda = _N, (rsa if m > 1 else k)
-    else:
-        ta, lda = _T, (csa if k > 1 else m)
-    if csb == 1 and (k == 1 or rsb >= n):
-        tb, ldb = _N, (rsb if k > 1 else n)
-    else:
-        tb, ldb = _T, (csb if n > 1 else k)
-    _call_f77(tb, ta, n, m, k, alpha, b, max(ldb, 1), a, max(lda, 1), beta, c, max(rsc if m > 1 else n, 1))
-
-
-def _blis_shim(m, n, k, alpha, a, rsa, csa, b, rsb, csb, beta, c, rsc, csc):
-    _call_blis(m, n, k, alpha, a, rsa, csa, b, rsb, csb, beta, c, rsc, csc)
-
-
-def _register():
+    Returns the backend name.  Raises ``ValueError`` for a bad ``FASTBP_BLAS`` and ``OSError`` when
+    the requested library cannot be used."""
     global BACKEND, LIBRARY_PATH, BLIS_KERNELS
-    want = os.environ.get("FASTBP_BLAS", "auto").strip().lower()
-    if want not in ("auto", "blis", "openblas", "mkl"):
-        raise ValueError(f"FASTBP_BLAS must be 'auto', 'blis', 'openblas' or 'mkl', got {want!r}")
-    s, d, path = _load_mkl() if want == "mkl" else _load_openblas()
-    llvm.add_symbol("fastbp_f77_sgemm", s)
-    llvm.add_symbol("fastbp_f77_dgemm", d)
-    BACKEND, LIBRARY_PATH = ("mkl" if want == "mkl" else "openblas"), path
-    shim = _f77_shim
-    if want == "blis" or (want == "auto" and _cpu_has_avx512()):
+    if BACKEND is not None or JIT_DISABLED:
+        return BACKEND or "numpy"
+    with _LOCK:
+        if BACKEND is not None:
+            return BACKEND
+        import llvmlite.binding as llvm
+        from numba import cfunc
+        want = os.environ.get("FASTBP_BLAS", "auto").strip().lower()
+        if want not in ("auto", "blis", "openblas", "mkl"):
+            raise ValueError(f"FASTBP_BLAS must be 'auto', 'blis', 'openblas' or 'mkl', got {want!r}")
+        backend, shim, path, kernels = None, _f77_shim, None, None
+        if want == "blis" or (want == "auto" and _cpu_has_avx512()):
+            try:
+                bs, bd, cntx, path, kernels = _load_blis()
+            except (ImportError, OSError, AttributeError) as e:
+                if want == "blis":
+                    raise OSError(f"FASTBP_BLAS=blis: {e}") from None
+            else:
+                llvm.add_symbol("fastbp_bli_sgemm_ex", bs)
+                llvm.add_symbol("fastbp_bli_dgemm_ex", bd)
+                llvm.add_symbol("fastbp_blis_cntx", cntx)
+                backend, shim = "blis", _blis_shim
+        if backend is None:
+            s, d, path = _load_mkl() if want == "mkl" else _load_openblas()
+            llvm.add_symbol("fastbp_f77_sgemm", s)
+            llvm.add_symbol("fastbp_f77_dgemm", d)
+            backend = "mkl" if want == "mkl" else "openblas"
+        addrs = []
+        for ft in (types.float32, types.float64):
+            c = cfunc(_shim_sig(ft), **_SHIM_OPTS)(shim)
+            _KEEP.append(c)
+            addrs.append(c.address)
+        _SLOTS[0], _SLOTS[1] = addrs
+        LIBRARY_PATH, BLIS_KERNELS = path, kernels
+        BACKEND = backend
+        return BACKEND
+
+
+def _binder(k):
+    """Table entry before binding: bind, then forward this one call to the bound shim."""
+    proto = _PROTOS[k]
+
+    def first_call(*args):
         try:
-            bs, bd, cntx, bpath, kernels = _load_blis()
-        except (ImportError, OSError, AttributeError) as e:
-            if want == "blis":
-                raise OSError(f"FASTBP_BLAS=blis: {e}") from None
+            bind()
+        except BaseException as e:   # cannot raise into jitted code: never return a garbage product
+            sys.stderr.write(f"fastbp: binding BLAS failed inside a kernel: {type(e).__name__}: {e}\n")
+            sys.stderr.flush()
+            os.abort()
+        proto(_SLOTS[k])(*args)
+    return proto(first_call)
+
+
+if not JIT_DISABLED:
+    import llvmlite.binding as _llvm
+    from llvmlite import ir
+    from numba import types
+    from numba.core import cgutils
+    from numba.extending import intrinsic
+
+    _BINDERS = [_binder(0), _binder(1)]
+    _SLOTS[0] = ctypes.cast(_BINDERS[0], ctypes.c_void_p).value
+    _SLOTS[1] = ctypes.cast(_BINDERS[1], ctypes.c_void_p).value
+    _llvm.add_symbol(SLOT_SYMBOL, ctypes.addressof(_SLOTS))
+
+    # Arrays and CPointers pass their data pointer; scalars pass by value unless the callee
+    # takes them by reference (Fortran BLAS, BLIS's alpha/beta).
+    def _ptr(context, builder, ty, val):
+        i8p = ir.IntType(8).as_pointer()
+        if isinstance(ty, types.Array):
+            return builder.bitcast(context.make_array(ty)(context, builder, val).data, i8p)
+        return builder.bitcast(val, i8p)
+
+    def _scalar(builder, ty, val, width):
+        if isinstance(ty, types.Integer) and val.type.width != width:
+            return builder.trunc(val, ir.IntType(width)) if val.type.width > width else \
+                builder.sext(val, ir.IntType(width))
+        return val
+
+    @intrinsic
+    def _call_strided(typingctx, m, n, k, alpha, a, rsa, csa, b, rsb, csb, beta, c, rsc, csc):
+        """The kernels' entry point: entry 0 (float32) or 1 (float64) of the GEMM table."""
+        if alpha not in (types.float32, types.float64):
+            return None
+        entry = 0 if alpha == types.float32 else 1
+        sig = types.void(m, n, k, alpha, a, rsa, csa, b, rsb, csb, beta, c, rsc, csc)
+
+        def codegen(context, builder, signature, args):
+            i32, i64, i8p = ir.IntType(32), ir.IntType(64), ir.IntType(8).as_pointer()
+            ft = context.get_value_type(signature.args[3])
+            kinds = [i64, i64, i64, ft, i8p, i64, i64, i8p, i64, i64, ft, i8p, i64, i64]
+            fnty = ir.FunctionType(ir.VoidType(), kinds)
+            table = builder.module.globals.get(SLOT_SYMBOL)
+            if table is None:
+                table = cgutils.add_global_variable(builder.module, ir.ArrayType(i8p, 2), SLOT_SYMBOL)
+                table.linkage = "external"
+            addr = builder.load(builder.gep(table, [ir.Constant(i32, 0), ir.Constant(i32, entry)]))
+            fn = builder.bitcast(addr, fnty.as_pointer())
+            vals = [_ptr(context, builder, ty, v) if kind == i8p else _scalar(builder, ty, v, 64)
+                    for v, ty, kind in zip(args, signature.args, kinds)]
+            builder.call(fn, vals)
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    @intrinsic
+    def _call_f77(typingctx, ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc):
+        """``fastbp_f77_{s,d}gemm``: Fortran ABI, every argument by reference, 32-bit ints (LP64)."""
+        if alpha not in (types.float32, types.float64):
+            return None
+        name = "fastbp_f77_sgemm" if alpha == types.float32 else "fastbp_f77_dgemm"
+        sig = types.void(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc)
+
+        def codegen(context, builder, signature, args):
+            i8p = ir.IntType(8).as_pointer()
+            fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.VoidType(), [i8p] * 13), name)
+            out = []
+            for val, ty in zip(args, signature.args):
+                if isinstance(ty, (types.Array, types.CPointer)):
+                    out.append(_ptr(context, builder, ty, val))
+                else:
+                    v = _scalar(builder, ty, val, 32) if isinstance(ty, types.Integer) and ty.bitwidth > 8 else val
+                    out.append(builder.bitcast(cgutils.alloca_once_value(builder, v), i8p))
+            builder.call(fn, out)
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+
+    @intrinsic
+    def _call_blis(typingctx, m, n, k, alpha, a, rsa, csa, b, rsb, csb, beta, c, rsc, csc):
+        """``fastbp_bli_{s,d}gemm_ex`` with the registered context ``fastbp_blis_cntx``, rntm NULL."""
+        if alpha not in (types.float32, types.float64):
+            return None
+        name = "fastbp_bli_sgemm_ex" if alpha == types.float32 else "fastbp_bli_dgemm_ex"
+        sig = types.void(m, n, k, alpha, a, rsa, csa, b, rsb, csb, beta, c, rsc, csc)
+
+        def codegen(context, builder, signature, args):
+            i32, i64, i8p = ir.IntType(32), ir.IntType(64), ir.IntType(8).as_pointer()
+            kinds = [i32, i32, i64, i64, i64, i8p, i8p, i64, i64, i8p, i64, i64, i8p, i8p, i64, i64, i8p, i8p]
+            fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.VoidType(), kinds), name)
+            cntx = builder.module.globals.get("fastbp_blis_cntx")
+            if cntx is None:
+                cntx = cgutils.add_global_variable(builder.module, ir.IntType(8), "fastbp_blis_cntx")
+                cntx.linkage = "external"
+            (m_, n_, k_, al, a_, rsa_, csa_, b_, rsb_, csb_, be, c_, rsc_, csc_) = args
+            st = signature.args
+            p = lambda i, v: _ptr(context, builder, st[i], v)
+            s = lambda i, v: _scalar(builder, st[i], v, 64)
+            ref = lambda v: builder.bitcast(cgutils.alloca_once_value(builder, v), i8p)
+            zero = ir.Constant(i32, 0)   # BLIS_NO_TRANSPOSE: transposes are expressed by the strides
+            builder.call(fn, [zero, zero, s(0, m_), s(1, n_), s(2, k_), ref(al), p(4, a_), s(5, rsa_), s(6, csa_),
+                              p(7, b_), s(8, rsb_), s(9, csb_), ref(be), p(11, c_), s(12, rsc_), s(13, csc_),
+                              builder.bitcast(cntx, i8p), ir.Constant(i8p, None)])
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+
+    _N = np.uint8(ord("N"))
+    _T = np.uint8(ord("T"))
+
+
+    def _shim_sig(ft):
+        P = types.CPointer(ft)
+        i = types.int64
+        return types.void(i, i, i, ft, P, i, i, P, i, i, ft, P, i, i)
+
+
+    _SHIM_OPTS = dict(cache=JIT_OPTIONS["cache"], nopython=True, error_model="numpy")
+
+
+    def _f77_shim(m, n, k, alpha, a, rsa, csa, b, rsb, csb, beta, c, rsc, csc):
+        # Column-major view: C^T (n x m) = op(B)^T (n x k) @ op(A)^T (k x m).  An operand is either
+        # 'N' (unit stride down its columns) or 'T' (unit stride along its rows); along a dimension of
+        # size 1 the stride is irrelevant and the leading dimension is chosen legal (>= rows).
+        if csa == 1 and (m == 1 or rsa >= k):
+            ta, lda = _N, (rsa if m > 1 else k)
         else:
-            llvm.add_symbol("fastbp_bli_sgemm_ex", bs)
-            llvm.add_symbol("fastbp_bli_dgemm_ex", bd)
-            llvm.add_symbol("fastbp_blis_cntx", cntx)
-            BACKEND, LIBRARY_PATH, BLIS_KERNELS, shim = "blis", bpath, kernels, _blis_shim
-    for ft, name in ((types.float32, "fastbp_gemm_v2_s"), (types.float64, "fastbp_gemm_v2_d")):
-        c = cfunc(_shim_sig(ft), **_SHIM_OPTS)(shim)
-        _KEEP.append(c)
-        llvm.add_symbol(name, c.address)
+            ta, lda = _T, (csa if k > 1 else m)
+        if csb == 1 and (k == 1 or rsb >= n):
+            tb, ldb = _N, (rsb if k > 1 else n)
+        else:
+            tb, ldb = _T, (csb if n > 1 else k)
+        _call_f77(tb, ta, n, m, k, alpha, b, max(ldb, 1), a, max(lda, 1), beta, c, max(rsc if m > 1 else n, 1))
 
 
-_register()
+    def _blis_shim(m, n, k, alpha, a, rsa, csa, b, rsb, csb, beta, c, rsc, csc):
+        _call_blis(m, n, k, alpha, a, rsa, csa, b, rsb, csb, beta, c, rsc, csc)
 
 
-@jit
-def gemm(C, A, B, trans_a, trans_b, alpha, beta):
-    """``C = alpha * op(A) @ op(B) + beta * C`` for row-major 2-D views (unit stride on the last
-    axis).  Writes ``C`` only; ``beta = 0`` overwrites (NaN in C is not propagated).  No checking:
-    callers guarantee shapes."""
-    m, n = C.shape
-    k = A.shape[0] if trans_a else A.shape[1]
-    if m == 0 or n == 0:
-        return
-    if k == 0:
-        b = cast_like(beta, C)
-        for i in range(m):
-            for j in range(n):
-                C[i, j] = b * C[i, j] if beta != 0 else 0
-        return
-    isz = C.itemsize
-    lda = A.strides[0] // isz
-    ldb = B.strides[0] // isz
-    rsa, csa = (1, lda) if trans_a else (lda, 1)
-    rsb, csb = (1, ldb) if trans_b else (ldb, 1)
-    _call_strided(m, n, k, cast_like(alpha, C), A, rsa, csa, B, rsb, csb, cast_like(beta, C), C,
-                  C.strides[0] // isz, 1)
+
+if JIT_DISABLED:
+    def gemm(C, A, B, trans_a, trans_b, alpha, beta):
+        """Pure-Python mode: numpy's matmul, same semantics as the jitted ``gemm``."""
+        a = A.T if trans_a else A
+        b = B.T if trans_b else B
+        prod = (a @ b).astype(C.dtype, copy=False) * C.dtype.type(alpha)
+        if beta == 0:
+            C[...] = prod
+        else:
+            C[...] = prod + C.dtype.type(beta) * C
+else:
+    @jit
+    def gemm(C, A, B, trans_a, trans_b, alpha, beta):
+        """``C = alpha * op(A) @ op(B) + beta * C`` for row-major 2-D views (unit stride on the last
+        axis).  Writes ``C`` only; ``beta = 0`` overwrites (NaN in C is not propagated).  No checking:
+        callers guarantee shapes."""
+        m, n = C.shape
+        k = A.shape[0] if trans_a else A.shape[1]
+        if m == 0 or n == 0:
+            return
+        if k == 0:
+            b = cast_like(beta, C)
+            for i in range(m):
+                for j in range(n):
+                    C[i, j] = b * C[i, j] if beta != 0 else 0
+            return
+        isz = C.itemsize
+        lda = A.strides[0] // isz
+        ldb = B.strides[0] // isz
+        rsa, csa = (1, lda) if trans_a else (lda, 1)
+        rsb, csb = (1, ldb) if trans_b else (ldb, 1)
+        _call_strided(m, n, k, cast_like(alpha, C), A, rsa, csa, B, rsb, csb, cast_like(beta, C), C,
+                      C.strides[0] // isz, 1)

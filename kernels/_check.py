@@ -1,17 +1,20 @@
-"""Argument checks shared by the public kernel wrappers (plain Python + one jitted scan).
+"""Argument checks shared by the checked kernel wrappers (plain Python + two jitted scans).
 
-Every public kernel validates *all* of its arguments with these helpers before any
-kernel runs, so a bad call raises and writes nothing.
+Every checked wrapper validates *all* of its arguments with these helpers before any
+kernel runs, so a bad call raises ``TypeError``/``ValueError`` naming the argument and
+writes nothing.
 """
 import numpy as np
 
 from ._jit import jit
+from .validate import flag, integer, max_threads, real, scalar, threads  # noqa: F401  (one import point)
 
 FLOATS = (np.float32, np.float64)
 
 
 @jit
-def _count_nonfinite(flat):
+def count_nonfinite(flat):
+    """Number of NaN/inf entries of a 1-D array (jitted; documented helper)."""
     n = 0
     for i in range(flat.shape[0]):
         v = flat[i]
@@ -20,8 +23,17 @@ def _count_nonfinite(flat):
     return n
 
 
+@jit
+def first_out_of_range(labels, C):
+    """Index of the first label outside [0, C), or -1 (jitted; documented helper)."""
+    for i in range(labels.shape[0]):
+        if labels[i] < 0 or labels[i] >= C:
+            return i
+    return -1
+
+
 def array(name, a, ndim=None, dtype=None, writeable=False, finite=False):
-    """Check that ``a`` is a C-contiguous float32/float64 ndarray (of ``dtype``)."""
+    """Check that ``a`` is a C-contiguous, native-byte-order float32/float64 ndarray (of ``dtype``)."""
     if not isinstance(a, np.ndarray):
         raise TypeError(f"{name}: expected a numpy.ndarray, got {type(a).__name__}")
     if dtype is None:
@@ -29,13 +41,15 @@ def array(name, a, ndim=None, dtype=None, writeable=False, finite=False):
             raise TypeError(f"{name}: expected dtype float32 or float64, got {a.dtype}")
     elif a.dtype != dtype:
         raise TypeError(f"{name}: expected dtype {np.dtype(dtype)} (like the other arrays), got {a.dtype}")
+    if not a.dtype.isnative:
+        raise TypeError(f"{name}: expected native byte order, got {a.dtype.str} (use a.astype(a.dtype.newbyteorder('=')))")
     if ndim is not None and a.ndim != ndim:
         raise ValueError(f"{name}: expected a {ndim}-D array, got shape {a.shape}")
     if not a.flags.c_contiguous:
         raise ValueError(f"{name}: expected a C-contiguous array (use np.ascontiguousarray)")
     if writeable and not a.flags.writeable:
         raise ValueError(f"{name}: output array is read-only")
-    if finite and a.size and _count_nonfinite(a.reshape(-1)):
+    if finite and a.size and count_nonfinite(a.reshape(-1)):
         raise ValueError(f"{name}: contains NaN or inf")
     return a
 
@@ -51,32 +65,21 @@ def nonempty(name, n):
         raise ValueError(f"{name}: empty batch (0 rows)")
 
 
-def no_overlap(out_name, out, *others):
-    """Outputs must not alias inputs (the kernels stream over them in parallel)."""
-    for oname, o in others:
-        if o is not None and np.may_share_memory(out, o):
-            raise ValueError(f"{out_name}: must not share memory with {oname}")
+def no_overlap(outputs, inputs):
+    """No output may share memory with another output or with any input.
+
+    ``outputs`` and ``inputs`` are lists of (name, array or None).  In-place pairs that a
+    kernel supports are simply not listed by its wrapper (e.g. ``out`` is ``x``)."""
+    outs = [(n, a) for n, a in outputs if a is not None]
+    ins = [(n, a) for n, a in inputs if a is not None]
+    for i, (on, o) in enumerate(outs):
+        for other, a in outs[i + 1:] + ins:
+            if np.may_share_memory(o, a):
+                raise ValueError(f"{on}: must not share memory with {other}")
 
 
-def scalar(name, v, lo=None, hi=None, lo_open=False):
-    try:
-        f = float(v)
-    except (TypeError, ValueError):
-        raise TypeError(f"{name}: expected a real number, got {type(v).__name__}") from None
-    if not np.isfinite(f):
-        raise ValueError(f"{name}: must be finite, got {v!r}")
-    if lo is not None and (f < lo or (lo_open and f == lo)):
-        raise ValueError(f"{name}: must be {'>' if lo_open else '>='} {lo}, got {v!r}")
-    if hi is not None and f > hi:
-        raise ValueError(f"{name}: must be <= {hi}, got {v!r}")
-    return f
-
-
-def threads(nthreads):
-    from numba import get_num_threads
-    if nthreads is None:
-        return get_num_threads()
-    n = int(nthreads)
-    if n < 1:
-        raise ValueError(f"nthreads: must be >= 1, got {nthreads!r}")
-    return n
+def same_or_disjoint(out_name, out, in_name, inp):
+    """``out`` may be ``inp`` itself (in place) but must not partly overlap it."""
+    if np.may_share_memory(out, inp) and not (out.ctypes.data == inp.ctypes.data and out.shape == inp.shape
+                                              and out.strides == inp.strides):
+        raise ValueError(f"{out_name}: must be {in_name} itself (in place) or not share memory with it")

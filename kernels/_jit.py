@@ -1,7 +1,7 @@
 """The single place where fastbp's kernels get their JIT options.
 
-Every kernel in ``fastbp.kernels`` is compiled through :func:`jit`; nothing else
-calls ``numba.njit`` directly.
+Every jitted function in fastbp (kernels and the model's step entries) is compiled
+through :func:`jit`; nothing else calls ``numba.njit`` directly.
 
 Options and why:
 
@@ -15,14 +15,22 @@ Options and why:
   so loops vectorize; the wrappers validate inputs before any kernel runs.
 * ``nogil=True``: kernels release the GIL so callers may run them from threads.
 * ``boundscheck=False``: the wrappers check shapes once; kernels trust them.
+
+Pure-Python mode: with ``NUMBA_DISABLE_JIT=1`` every jitted function is plain
+Python (``prange`` is ``range``).  The intrinsics below then have numpy
+fallbacks, so the kernels run (slowly) under coverage and a debugger.
 """
-from numba import njit, types
+import numpy as np
+from numba import config, njit, types
 from numba.extending import intrinsic
 
 FASTMATH = frozenset({"contract", "reassoc", "nsz", "arcp"})
 
 JIT_OPTIONS = dict(cache=True, fastmath=set(FASTMATH), error_model="numpy",
                    nogil=True, boundscheck=False)
+
+#: True when numba runs everything as Python (``NUMBA_DISABLE_JIT=1``).
+JIT_DISABLED = bool(config.DISABLE_JIT)
 
 
 def jit(fn=None, *, parallel=False, inline="never"):
@@ -32,18 +40,24 @@ def jit(fn=None, *, parallel=False, inline="never"):
     return wrap(fn) if fn is not None else wrap
 
 
-@intrinsic
-def cast_like(typingctx, value, like):
-    """``value`` converted to the dtype of array ``like`` (or to ``like``'s type).
+if JIT_DISABLED:
+    def cast_like(value, like):
+        """Pure-Python fallback: ``value`` as a scalar of ``like``'s dtype."""
+        dt = like.dtype if isinstance(like, np.ndarray) else np.asarray(like).dtype
+        return dt.type(value)
+else:
+    @intrinsic
+    def cast_like(typingctx, value, like):
+        """``value`` converted to the dtype of array ``like`` (or to ``like``'s type).
 
-    Lets one generic kernel keep float32 arithmetic in float32: a Python float
-    literal is float64 in numba and would otherwise promote the whole loop.
-    """
-    target = like.dtype if isinstance(like, types.Array) else like
-    if not isinstance(value, (types.Number, types.Boolean)) or not isinstance(target, types.Number):
-        return None
+        Lets one generic kernel keep float32 arithmetic in float32: a Python float
+        literal is float64 in numba and would otherwise promote the whole loop.
+        """
+        target = like.dtype if isinstance(like, types.Array) else like
+        if not isinstance(value, (types.Number, types.Boolean)) or not isinstance(target, types.Number):
+            return None
 
-    def codegen(context, builder, sig, args):
-        return context.cast(builder, args[0], sig.args[0], target)
+        def codegen(context, builder, sig, args):
+            return context.cast(builder, args[0], sig.args[0], target)
 
-    return target(value, like), codegen
+        return target(value, like), codegen

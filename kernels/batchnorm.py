@@ -11,6 +11,12 @@ inv_std, running_mean, running_var, dgamma, dbeta are (F,).
 
 Each kernel is one parallel region over feature blocks (every statistic is
 per feature, so blocks are independent and no reduction crosses threads).
+With ``momentum = 0`` the running statistics are left bitwise unchanged.
+
+Levels: ``batchnorm_forward_block`` / ``batchnorm_backward_block`` (serial, one feature
+block); ``batchnorm_forward_launch`` / ``batchnorm_backward_launch`` (one parallel region,
+no checks: the documented jitted level); ``batchnorm_forward`` / ``batchnorm_backward``
+(checked wrappers).
 """
 import math
 
@@ -18,11 +24,12 @@ from numba import prange
 
 from . import _check
 from ._jit import cast_like, jit
-from .activation import IDENTITY, act_code, act_grad_block, bias_act_block, split
+from ._parallel import split
+from .activation import IDENTITY, act_code, act_grad_block, bias_act_block, check_alpha
 
 
 @jit
-def forward_block(out, x, gamma, beta, mean, inv_std, rmean, rvar, momentum, eps, training, act, alpha,
+def batchnorm_forward_block(out, x, gamma, beta, mean, inv_std, rmean, rvar, momentum, eps, training, act, alpha,
                   f0, f1):
     # loops run over slices from 0 so they vectorize (see activation.bias_act_block)
     N = x.shape[0]
@@ -66,16 +73,18 @@ def forward_block(out, x, gamma, beta, mean, inv_std, rmean, rvar, momentum, eps
 
 
 @jit(parallel=True)
-def forward(out, x, gamma, beta, mean, inv_std, rmean, rvar, momentum, eps, training, act, alpha, nchunks):
+def batchnorm_forward_launch(out, x, gamma, beta, mean, inv_std, rmean, rvar, momentum, eps, training, act, alpha, nchunks):
+    """out = act(gamma (x - mean) inv_std + beta), overwriting ``out``, ``mean``, ``inv_std``;
+    in training also updates ``rmean``/``rvar`` in place (momentum 0: unchanged)."""
     F = x.shape[1]
     for c in prange(nchunks):
         f0, f1 = split(F, nchunks, c)
-        forward_block(out, x, gamma, beta, mean, inv_std, rmean, rvar, momentum, eps, training, act, alpha,
+        batchnorm_forward_block(out, x, gamma, beta, mean, inv_std, rmean, rvar, momentum, eps, training, act, alpha,
                       f0, f1)
 
 
 @jit
-def backward_block(dx, dgamma, dbeta, dz, x, gamma, mean, inv_std, training, prev_act, prev_alpha, want_dx,
+def batchnorm_backward_block(dx, dgamma, dbeta, dz, x, gamma, mean, inv_std, training, prev_act, prev_alpha, want_dx,
                    f0, f1):
     N = x.shape[0]
     nf = f1 - f0
@@ -108,11 +117,14 @@ def backward_block(dx, dgamma, dbeta, dz, x, gamma, mean, inv_std, training, pre
 
 
 @jit(parallel=True)
-def backward(dx, dgamma, dbeta, dz, x, gamma, mean, inv_std, training, prev_act, prev_alpha, want_dx, nchunks):
+def batchnorm_backward_launch(dx, dgamma, dbeta, dz, x, gamma, mean, inv_std, training, prev_act, prev_alpha, want_dx,
+                              nchunks):
+    """Given dz = dL/d(pre-activation output), overwrites ``dgamma``, ``dbeta`` and (``want_dx``)
+    ``dx``, then multiplies dx by the previous layer's activation derivative at ``x``."""
     F = x.shape[1]
     for c in prange(nchunks):
         f0, f1 = split(F, nchunks, c)
-        backward_block(dx, dgamma, dbeta, dz, x, gamma, mean, inv_std, training, prev_act, prev_alpha,
+        batchnorm_backward_block(dx, dgamma, dbeta, dz, x, gamma, mean, inv_std, training, prev_act, prev_alpha,
                        want_dx, f0, f1)
 
 
@@ -129,6 +141,9 @@ def batchnorm_forward(out, mean, inv_std, x, gamma, beta, running_mean, running_
     also updates ``running_mean``/``running_var`` in place.  Eval reads the running stats only.
     """
     a = act_code(act)
+    alpha = check_alpha(alpha)
+    nt = _check.threads(nthreads)
+    training = _check.flag("training", training)
     _check.array("x", x, ndim=2, finite=True)
     N, F = x.shape
     _check.nonempty("x", N)
@@ -136,7 +151,6 @@ def batchnorm_forward(out, mean, inv_std, x, gamma, beta, running_mean, running_
         raise ValueError("x: batch normalization in training needs at least 2 rows per batch")
     _check.array("out", out, ndim=2, dtype=x.dtype, writeable=True)
     _check.shape("out", out, x.shape)
-    _check.no_overlap("out", out, ("x", x))
     _vec("gamma", gamma, F, x.dtype)
     _vec("beta", beta, F, x.dtype)
     _vec("running_mean", running_mean, F, x.dtype, writeable=True)
@@ -145,9 +159,12 @@ def batchnorm_forward(out, mean, inv_std, x, gamma, beta, running_mean, running_
     _vec("inv_std", inv_std, F, x.dtype, writeable=True, finite=False)
     momentum = _check.scalar("momentum", momentum, lo=0, hi=1)
     eps = _check.scalar("eps", eps, lo=0, lo_open=True)
-    alpha = _check.scalar("alpha", alpha)
-    forward(out, x, gamma, beta, mean, inv_std, running_mean, running_var, momentum, eps, bool(training), a,
-            alpha, _check.threads(nthreads))
+    if not training and running_var.min() < 0:
+        raise ValueError("running_var: must be >= 0 (a variance)")
+    _check.no_overlap([("out", out), ("mean", mean), ("inv_std", inv_std), ("running_mean", running_mean),
+                       ("running_var", running_var)], [("x", x), ("gamma", gamma), ("beta", beta)])
+    batchnorm_forward_launch(out, x, gamma, beta, mean, inv_std, running_mean, running_var, momentum, eps,
+                             training, a, alpha, nt)
     return out
 
 
@@ -159,6 +176,8 @@ def batchnorm_backward(dx, dgamma, dbeta, dz, x, gamma, mean, inv_std, training=
     ``mean``/``inv_std`` are the ones saved by the forward call.  One pass for the two sums,
     one for dx.
     """
+    training = _check.flag("training", training)
+    nt = _check.threads(nthreads)
     _check.array("dz", dz, ndim=2, finite=True)
     N, F = dz.shape
     _check.nonempty("dz", N)
@@ -173,9 +192,9 @@ def batchnorm_backward(dx, dgamma, dbeta, dz, x, gamma, mean, inv_std, training=
     if want_dx:
         _check.array("dx", dx, ndim=2, dtype=dz.dtype, writeable=True)
         _check.shape("dx", dx, dz.shape)
-        _check.no_overlap("dx", dx, ("dz", dz), ("x", x))
     else:
         dx = dz[:0]
-    backward(dx, dgamma, dbeta, dz, x, gamma, mean, inv_std, bool(training), IDENTITY, 0.0, want_dx,
-             _check.threads(nthreads))
+    _check.no_overlap([("dx", dx if want_dx else None), ("dgamma", dgamma), ("dbeta", dbeta)],
+                      [("dz", dz), ("x", x), ("gamma", gamma), ("mean", mean), ("inv_std", inv_std)])
+    batchnorm_backward_launch(dx, dgamma, dbeta, dz, x, gamma, mean, inv_std, training, IDENTITY, 0.0, want_dx, nt)
     return dx if want_dx else None

@@ -4,6 +4,12 @@ Shapes: N=batch, C=classes/outputs.  logits/pred/dlogits/dpred are (N, C);
 integer labels are (N,) with values in [0, C); soft/one-hot labels and
 regression targets are (N, C) of the logits' dtype.
 
+Levels: ``*_rows`` (serial over a row range); ``softmax_ce_launch`` (int labels),
+``softmax_ce_soft_launch``, ``mse_launch``, ``sigmoid_bce_launch`` (one parallel region each,
+no checks: the documented jitted level, each returning the mean loss); the checked
+wrappers ``softmax_cross_entropy``, ``mse``, ``sigmoid_bce``.  ``count_argmax_correct`` and
+``count_threshold_correct`` count right predictions (jitted helpers).
+
 Every loss is a *mean* (over rows for softmax-CE, over all N*C elements for MSE
 and BCE, like PyTorch's defaults) and writes the gradient of that mean,
 overwriting ``d*``.  Per-chunk partial sums go to a small ``partial`` buffer
@@ -17,16 +23,8 @@ from numba import prange
 
 from . import _check
 from ._jit import cast_like, jit
-from .activation import split
+from ._parallel import serial_sum, split
 from .mathfn import exp, sigmoid
-
-
-@jit
-def _serial_sum(partial, n):
-    s = 0.0
-    for i in range(n):
-        s += partial[i]
-    return s
 
 
 @jit
@@ -89,23 +87,23 @@ def softmax_ce_rows_soft(d, z, t, r0, r1, inv_n, want_grad):
 
 
 @jit(parallel=True)
-def _softmax_ce_int(d, z, labels, want_grad, partial, nchunks):
+def softmax_ce_launch(d, z, labels, want_grad, partial, nchunks):
     N = z.shape[0]
     inv_n = 1.0 / N
     for c in prange(nchunks):
         r0, r1 = split(N, nchunks, c)
         partial[c] = softmax_ce_rows_int(d, z, labels, r0, r1, inv_n, want_grad)
-    return _serial_sum(partial, nchunks) * inv_n
+    return serial_sum(partial, nchunks) * inv_n
 
 
 @jit(parallel=True)
-def _softmax_ce_soft(d, z, t, want_grad, partial, nchunks):
+def softmax_ce_soft_launch(d, z, t, want_grad, partial, nchunks):
     N = z.shape[0]
     inv_n = 1.0 / N
     for c in prange(nchunks):
         r0, r1 = split(N, nchunks, c)
         partial[c] = softmax_ce_rows_soft(d, z, t, r0, r1, inv_n, want_grad)
-    return _serial_sum(partial, nchunks) * inv_n
+    return serial_sum(partial, nchunks) * inv_n
 
 
 @jit
@@ -142,31 +140,52 @@ def bce_rows(d, z, t, r0, r1, inv_count, want_grad):
 
 
 @jit(parallel=True)
-def _mse(d, p, t, want_grad, partial, nchunks):
+def mse_launch(d, p, t, want_grad, partial, nchunks):
     N, C = p.shape
     inv = 1.0 / (N * C)
     for c in prange(nchunks):
         r0, r1 = split(N, nchunks, c)
         partial[c] = mse_rows(d, p, t, r0, r1, inv, want_grad)
-    return _serial_sum(partial, nchunks) * inv
+    return serial_sum(partial, nchunks) * inv
 
 
 @jit(parallel=True)
-def _bce(d, z, t, want_grad, partial, nchunks):
+def sigmoid_bce_launch(d, z, t, want_grad, partial, nchunks):
     N, C = z.shape
     inv = 1.0 / (N * C)
     for c in prange(nchunks):
         r0, r1 = split(N, nchunks, c)
         partial[c] = bce_rows(d, z, t, r0, r1, inv, want_grad)
-    return _serial_sum(partial, nchunks) * inv
+    return serial_sum(partial, nchunks) * inv
 
 
 @jit
-def _labels_in_range(labels, C):
-    for i in range(labels.shape[0]):
-        if labels[i] < 0 or labels[i] >= C:
-            return i
-    return -1
+def count_argmax_correct(logits, labels):
+    """Number of rows whose first largest logit is at ``labels[row]``."""
+    n = 0
+    for i in range(logits.shape[0]):
+        row = logits[i]
+        best = 0
+        for j in range(1, row.shape[0]):
+            if row[j] > row[best]:
+                best = j
+        if best == labels[i]:
+            n += 1
+    return n
+
+
+@jit
+def count_threshold_correct(logits, targets):
+    """Number of rows where every (logit >= 0) equals (target >= 0.5): sigmoid-BCE accuracy."""
+    n = 0
+    for i in range(logits.shape[0]):
+        ok = True
+        for j in range(logits.shape[1]):
+            if (logits[i, j] >= 0) != (targets[i, j] >= 0.5):
+                ok = False
+        if ok:
+            n += 1
+    return n
 
 
 def check_int_labels(labels, N, C, name="labels"):
@@ -177,7 +196,7 @@ def check_int_labels(labels, N, C, name="labels"):
     _check.shape(name, labels, (N,))
     if not labels.flags.c_contiguous:
         raise ValueError(f"{name}: expected a C-contiguous array")
-    bad = _labels_in_range(labels, C)
+    bad = _check.first_out_of_range(labels, C)
     if bad >= 0:
         raise ValueError(f"{name}: value {labels[bad]} at index {bad} is out of range [0, {C})")
 
@@ -186,6 +205,8 @@ def _prepare(dname, d, zname, z, tname, t, float_targets):
     _check.array(zname, z, ndim=2, finite=True)
     N, C = z.shape
     _check.nonempty(zname, N)
+    if C == 0:
+        raise ValueError(f"{zname}: expected at least one column, got shape {z.shape}")
     if float_targets:
         _check.array(tname, t, ndim=2, dtype=z.dtype, finite=True)
         _check.shape(tname, t, (N, C))
@@ -194,7 +215,7 @@ def _prepare(dname, d, zname, z, tname, t, float_targets):
     if d is not None:
         _check.array(dname, d, ndim=2, dtype=z.dtype, writeable=True)
         _check.shape(dname, d, (N, C))
-        _check.no_overlap(dname, d, (zname, z), (tname, t))
+        _check.no_overlap([(dname, d)], [(zname, z), (tname, t)])
         return d, True
     return z[:0], False
 
@@ -209,7 +230,7 @@ def softmax_cross_entropy(dlogits, logits, labels, nthreads=None):
     soft = isinstance(labels, np.ndarray) and labels.ndim == 2
     d, want = _prepare("dlogits", dlogits, "logits", logits, "labels", labels, soft)
     partial = np.empty(nt, np.float64)
-    fn = _softmax_ce_soft if soft else _softmax_ce_int
+    fn = softmax_ce_soft_launch if soft else softmax_ce_launch
     return float(fn(d, logits, labels, want, partial, nt))
 
 
@@ -217,7 +238,7 @@ def mse(dpred, pred, target, nthreads=None):
     """Mean squared error over all N*C elements; writes ``dpred`` = 2 (pred - target) / (N C)."""
     nt = _check.threads(nthreads)
     d, want = _prepare("dpred", dpred, "pred", pred, "target", target, True)
-    return float(_mse(d, pred, target, want, np.empty(nt, np.float64), nt))
+    return float(mse_launch(d, pred, target, want, np.empty(nt, np.float64), nt))
 
 
 def sigmoid_bce(dlogits, logits, target, nthreads=None):
@@ -225,4 +246,6 @@ def sigmoid_bce(dlogits, logits, target, nthreads=None):
     writes ``dlogits`` = (sigmoid(logits) - target) / (N C)."""
     nt = _check.threads(nthreads)
     d, want = _prepare("dlogits", dlogits, "logits", logits, "target", target, True)
-    return float(_bce(d, logits, target, want, np.empty(nt, np.float64), nt))
+    if target.min() < 0 or target.max() > 1:
+        raise ValueError("target: sigmoid_bce targets must lie in [0, 1]")
+    return float(sigmoid_bce_launch(d, logits, target, want, np.empty(nt, np.float64), nt))

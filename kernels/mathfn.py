@@ -27,22 +27,26 @@ from llvmlite import ir
 from numba import types
 from numba.extending import intrinsic, overload
 
-from ._jit import JIT_OPTIONS, jit
+from ._jit import JIT_DISABLED, JIT_OPTIONS, jit
 
+if JIT_DISABLED:
+    def _i32_as_f32(i):
+        """Pure-Python fallback: the low 32 bits of ``i`` as a float32."""
+        return np.array([int(i) & 0xFFFFFFFF], np.uint32).view(np.float32)[0]
+else:
+    @intrinsic
+    def _i32_as_f32(typingctx, i):
+        """Reinterpret the low 32 bits of integer ``i`` as a float32."""
+        if not isinstance(i, types.Integer):
+            return None
 
-@intrinsic
-def _i32_as_f32(typingctx, i):
-    """Reinterpret the low 32 bits of integer ``i`` as a float32."""
-    if not isinstance(i, types.Integer):
-        return None
+        def codegen(context, builder, sig, args):
+            v = args[0]
+            if v.type.width != 32:
+                v = builder.trunc(v, ir.IntType(32))
+            return builder.bitcast(v, ir.FloatType())
 
-    def codegen(context, builder, sig, args):
-        v = args[0]
-        if v.type.width != 32:
-            v = builder.trunc(v, ir.IntType(32))
-        return builder.bitcast(v, ir.FloatType())
-
-    return types.float32(i), codegen
+        return types.float32(i), codegen
 
 
 _LOG2E = np.float32(1.4426950408889634)
@@ -139,9 +143,11 @@ def sigmoid_f64(x):
 
 
 def _dispatching(name, f32, f64):
-    def stub(x):
-        raise NotImplementedError("call from jitted code")
+    def stub(x):   # called only in pure-Python mode (NUMBA_DISABLE_JIT=1); jitted code uses the overload
+        return f32(x) if isinstance(x, np.float32) else f64(x)
     stub.__name__ = name
+    if JIT_DISABLED:
+        return stub
 
     @overload(stub, jit_options=JIT_OPTIONS)
     def _ov(x):

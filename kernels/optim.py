@@ -12,14 +12,19 @@ Update rules (PyTorch's conventions; ``wd`` = weight decay):
 * AdamW:     p -= lr wd p first (decoupled), then Adam with g = grad.
 
 ``params`` and the state are updated in place; ``grads`` is only read.
+
+Levels: ``sgd_block`` / ``adam_block`` (serial over [i0, i1)); ``sgd_launch`` / ``adam_launch``
+(one parallel region, no checks: the documented jitted level); ``sgd`` / ``adam`` / ``adamw``
+(checked wrappers).
 """
 import math
 
+import numpy as np
 from numba import prange
 
 from . import _check
 from ._jit import cast_like, jit
-from .activation import split
+from ._parallel import split
 
 
 @jit
@@ -71,14 +76,16 @@ def adam_block(p, g, m, v, t, lr, b1, b2, eps, wd, decoupled, i0, i1):
 
 
 @jit(parallel=True)
-def _sgd(p, g, vel, lr, mu, nesterov, wd, nchunks):
+def sgd_launch(p, g, vel, lr, mu, nesterov, wd, nchunks):
+    """One SGD step over flat (P,) buffers: updates ``p`` (and ``vel`` when mu > 0; else vel may be empty)."""
     for c in prange(nchunks):
         i0, i1 = split(p.shape[0], nchunks, c)
         sgd_block(p, g, vel, lr, mu, nesterov, wd, i0, i1)
 
 
 @jit(parallel=True)
-def _adam(p, g, m, v, t, lr, b1, b2, eps, wd, decoupled, nchunks):
+def adam_launch(p, g, m, v, t, lr, b1, b2, eps, wd, decoupled, nchunks):
+    """Adam step ``t`` (1-based, float) over flat (P,) buffers: updates ``p``, ``m``, ``v``."""
     for c in prange(nchunks):
         i0, i1 = split(p.shape[0], nchunks, c)
         adam_block(p, g, m, v, t, lr, b1, b2, eps, wd, decoupled, i0, i1)
@@ -88,25 +95,26 @@ def _flat(params, grads, *state):
     _check.array("params", params, ndim=1, writeable=True, finite=True)
     _check.array("grads", grads, ndim=1, dtype=params.dtype, finite=True)
     _check.shape("grads", grads, params.shape)
-    _check.no_overlap("params", params, ("grads", grads))
     for name, s in state:
         _check.array(name, s, ndim=1, dtype=params.dtype, writeable=True, finite=True)
         _check.shape(name, s, params.shape)
-        _check.no_overlap(name, s, ("params", params), ("grads", grads))
+    _check.no_overlap([("params", params)] + list(state), [("grads", grads)])
 
 
 def sgd(params, grads, lr, momentum=0.0, velocity=None, nesterov=False, weight_decay=0.0, nthreads=None):
     """SGD step over the flat buffer.  Writes ``params`` (and ``velocity`` if momentum > 0)."""
+    nt = _check.threads(nthreads)
     lr = _check.scalar("lr", lr, lo=0)
-    momentum = _check.scalar("momentum", momentum, lo=0, hi=1)
+    momentum = _check.scalar("momentum", momentum, lo=0, hi=1, hi_open=True)
     weight_decay = _check.scalar("weight_decay", weight_decay, lo=0)
+    nesterov = _check.flag("nesterov", nesterov)
     if momentum > 0 and velocity is None:
         raise ValueError("velocity: required (a (P,) buffer) when momentum > 0")
     if nesterov and momentum == 0:
         raise ValueError("nesterov: requires momentum > 0")
     _flat(params, grads, *([("velocity", velocity)] if momentum > 0 else []))
     vel = velocity if momentum > 0 else params[:0]
-    _sgd(params, grads, vel, lr, momentum, bool(nesterov), weight_decay, _check.threads(nthreads))
+    sgd_launch(params, grads, vel, lr, momentum, nesterov, weight_decay, nt)
     return params
 
 
@@ -116,8 +124,10 @@ def adam(params, grads, m, v, step, lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8, w
 
     ``decoupled=True`` is AdamW (weight decay applied to the weights, not the gradient).
     """
-    if int(step) != step or step < 1:
+    nt = _check.threads(nthreads)
+    if isinstance(step, (bool, np.bool_)) or not isinstance(step, (int, np.integer)) or step < 1:
         raise ValueError(f"step: must be an integer >= 1 (1 for the first update), got {step!r}")
+    decoupled = _check.flag("decoupled", decoupled)
     lr = _check.scalar("lr", lr, lo=0)
     beta1 = _check.scalar("beta1", beta1, lo=0, hi=1)
     beta2 = _check.scalar("beta2", beta2, lo=0, hi=1)
@@ -126,8 +136,9 @@ def adam(params, grads, m, v, step, lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8, w
     eps = _check.scalar("eps", eps, lo=0, lo_open=True)
     weight_decay = _check.scalar("weight_decay", weight_decay, lo=0)
     _flat(params, grads, ("m", m), ("v", v))
-    _adam(params, grads, m, v, float(step), lr, beta1, beta2, eps, weight_decay, bool(decoupled),
-          _check.threads(nthreads))
+    if v.size and v.min() < 0:
+        raise ValueError("v: Adam's second-moment buffer must be >= 0")
+    adam_launch(params, grads, m, v, float(step), lr, beta1, beta2, eps, weight_decay, decoupled, nt)
     return params
 
 

@@ -5,7 +5,6 @@ from numba import njit, prange
 
 import fastbp.kernels as K
 from fastbp import reference as R
-from fastbp.kernels import dense as KD
 from conftest import TOL, central_diff, close
 
 ACTS = ["identity", "relu", "leaky_relu", "sigmoid", "tanh"]
@@ -180,13 +179,13 @@ def test_bce_extreme_logits_finite():
 @njit(parallel=True)
 def _outer_forward(outs, x, W, b, act):
     for i in prange(outs.shape[0]):
-        KD._forward(outs[i], x, W, b, act, 0.01, 2)
+        K.dense_forward_launch(outs[i], x, W, b, act, 0.01, 2)
 
 
 def test_kernels_run_inside_a_parallel_caller(rng):
     x, W, b = _layer(rng, 7, 9, 11, np.float64)
     outs = np.empty((4, 7, 11))
-    _outer_forward(outs, x, W, b, 4)
+    _outer_forward(outs, x, W, b, K.TANH)
     ref = np.tanh(x @ W + b)
     for i in range(4):
         close(outs[i], ref, np.float64)

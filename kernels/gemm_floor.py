@@ -7,7 +7,7 @@ from numba import prange
 
 from ._blas import gemm
 from ._jit import jit
-from .activation import split
+from ._parallel import split
 
 
 @jit(parallel=True)

@@ -1,0 +1,175 @@
+"""Checkpoints: an .npz of arrays plus JSON metadata (no pickle), written atomically.
+
+Arrays: ``params`` (the flat buffer), ``state{i}_{name}`` (op i's running statistics),
+``opt_{name}`` (optimizer state), ``meta_json`` (architecture, counters, optimizer, history).
+The same content is what ``pickle``/``copy.deepcopy`` of a model carry (``to_state``).
+"""
+import glob
+import json
+import os
+import tempfile
+import time
+import zipfile
+
+import numpy as np
+
+from . import layers as L
+from . import optim as O
+from .kernels import count_nonfinite
+
+FORMAT_VERSION = 2
+_STALE_SECONDS = 3600
+
+
+def architecture(model):
+    return {"format": FORMAT_VERSION, "layers": [L.spec_to_dict(s) for s in model.specs], "loss": model.loss,
+            "dtype": model.dtype.name, "input_dim": model.input_dim, "seed": model.seed}
+
+
+def _arrays(model, copy):
+    c = np.copy if copy else (lambda a: a)
+    arrays = {"params": c(model.params)}
+    for op in model.plan.ops:
+        for name, a in op.state.items():
+            arrays[f"state{op.index}_{name}"] = c(a)
+    for k, v in model.opt_state.items():
+        arrays[f"opt_{k}"] = c(v)
+    return arrays
+
+
+def _meta(model):
+    return {"architecture": architecture(model), "step_count": model.step_count, "epochs_done": model.epochs_done,
+            "optimizer": O.to_dict(model.optimizer) if model.optimizer is not None else None,
+            "history": model.history, "training": model.training}
+
+
+def save(model, path):
+    """Write ``path`` atomically (temp file in the same folder, fsync, rename).  Refuses
+    non-finite parameters; removes stale temp files of earlier killed saves."""
+    if not model.built:
+        raise ValueError("save: the model has no parameters yet (call fit or build first)")
+    if count_nonfinite(model.params):
+        raise ValueError("save: the parameters contain NaN or inf; refusing to write a broken checkpoint")
+    arrays = _arrays(model, copy=False)
+    arrays["meta_json"] = np.frombuffer(json.dumps(_meta(model)).encode(), dtype=np.uint8)
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(f"{path}: folder {folder} does not exist")
+    now = time.time()
+    for old in glob.glob(os.path.join(folder, ".fastbp-*.npz.tmp")):
+        try:
+            if now - os.path.getmtime(old) > _STALE_SECONDS:
+                os.unlink(old)
+        except OSError:
+            pass
+    fd, tmp = tempfile.mkstemp(prefix=".fastbp-", suffix=".npz.tmp", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, **arrays)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def read(path):
+    try:
+        with open(path, "rb") as f, np.load(f, allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+        meta = json.loads(arrays.pop("meta_json").tobytes().decode())
+    except FileNotFoundError:
+        raise
+    except (zipfile.BadZipFile, ValueError, KeyError, OSError, EOFError, NotImplementedError, UnicodeDecodeError,
+            json.JSONDecodeError) as e:
+        raise ValueError(f"{path}: not a valid fastbp checkpoint ({type(e).__name__}: {e})") from None
+    if not isinstance(meta, dict) or not isinstance(meta.get("architecture"), dict) or "params" not in arrays:
+        raise ValueError(f"{path}: not a valid fastbp checkpoint (missing metadata or params)")
+    return arrays, meta
+
+
+def load(cls, path):
+    arrays, meta = read(path)
+    a = meta["architecture"]
+    if a.get("format") not in (1, FORMAT_VERSION):
+        raise ValueError(f"{path}: unsupported checkpoint format {a.get('format')!r}")
+    try:
+        specs = [L.spec_from_dict(d) for d in a["layers"]]
+        m = cls(specs, loss=a["loss"], input_dim=a["input_dim"], dtype=a["dtype"], seed=a["seed"])
+    except (TypeError, KeyError, ValueError, AttributeError) as e:
+        raise ValueError(f"{path}: invalid architecture in checkpoint ({type(e).__name__}: {e})") from None
+    apply(m, arrays, meta, path)
+    return m
+
+
+def restore(model, path):
+    """Load ``path`` into an existing model of the same architecture."""
+    arrays, meta = read(path)
+    keys = ("layers", "loss", "dtype", "input_dim")
+    mine, theirs = architecture(model), meta["architecture"]
+    if {k: mine[k] for k in keys} != {k: theirs.get(k) for k in keys}:
+        raise ValueError(f"{path}: checkpoint is for a different architecture "
+                         f"({theirs.get('layers')}, input_dim={theirs.get('input_dim')}) than this model")
+    apply(model, arrays, meta, path)
+
+
+def _put(path, name, dst, src):
+    if not isinstance(src, np.ndarray) or src.shape != dst.shape or src.dtype.kind != "f":
+        raise ValueError(f"{path}: array {name!r} has shape {getattr(src, 'shape', None)} "
+                         f"{getattr(src, 'dtype', None)}, expected {dst.shape} {dst.dtype}")
+    if count_nonfinite(np.ascontiguousarray(src, dst.dtype).reshape(-1)):
+        raise ValueError(f"{path}: array {name!r} contains NaN or inf")
+    dst[...] = src
+
+
+def apply(model, arrays, meta, path):
+    """Copy checked arrays and counters into ``model`` (all checks before any write)."""
+    p = arrays["params"]
+    if p.shape != model.params.shape or p.dtype != model.params.dtype:
+        raise ValueError(f"{path}: parameter buffer has shape {p.shape} {p.dtype}, "
+                         f"expected {model.params.shape} {model.params.dtype} for this architecture")
+    try:
+        opt = O.from_dict(meta["optimizer"]) if meta.get("optimizer") else None
+        counters = int(meta.get("step_count", 0)), int(meta.get("epochs_done", 0))
+    except (TypeError, KeyError, ValueError) as e:
+        raise ValueError(f"{path}: invalid optimizer or counters in checkpoint ({type(e).__name__}: {e})") from None
+    opt_state = opt.init_state(model.params.size, model.dtype) if opt is not None else {}
+    staged = [("params", model.params, p)]
+    for op in model.plan.ops:
+        for name, a in op.state.items():
+            key = f"state{op.index}_{name}" if f"state{op.index}_{name}" in arrays else f"bn{op.index}_{name}"
+            if key not in arrays:
+                raise ValueError(f"{path}: missing array {key!r}")
+            staged.append((key, a, arrays[key]))
+    for k, a in opt_state.items():
+        if f"opt_{k}" in arrays:
+            staged.append((f"opt_{k}", a, arrays[f"opt_{k}"]))
+    for name, dst, src in staged:   # check everything first: nothing is half-written
+        _put(path, name, np.empty_like(dst), src)
+    for name, dst, src in staged:
+        dst[...] = src
+    model.step_count, model.epochs_done = counters
+    model.history = meta.get("history")
+    model.optimizer, model.opt_state = opt, opt_state
+
+
+def to_state(model):
+    """Everything a copy needs (for pickle / deepcopy): plain data and numpy arrays."""
+    state = {"specs": model.specs, "loss": model.loss, "dtype": model.dtype.name, "seed": model.seed,
+             "training": model.training}
+    if model.built:
+        state.update(input_dim=model.input_dim, arrays=_arrays(model, copy=True), meta=json.loads(json.dumps(
+            _meta(model))))
+    return state
+
+
+def from_state(model, state):
+    model.__init__(state["specs"], loss=state["loss"], input_dim=state.get("input_dim"), dtype=state["dtype"],
+                   seed=state["seed"])
+    if "arrays" in state:
+        apply(model, state["arrays"], state["meta"], "<copy>")
+    model.training = state["training"]

@@ -1,0 +1,48 @@
+"""Checks and conversions of user data (X, y, batch sizes) before anything runs."""
+import numbers
+
+import numpy as np
+
+from .kernels import count_nonfinite
+from .kernels.validate import integer  # noqa: F401  (re-exported for the facade)
+
+
+def positive_int(name, v):
+    return integer(name, v, 1)
+
+
+def features(X, dtype, input_dim, name="X"):
+    """X as a C-contiguous (n, input_dim) array of ``dtype`` (a copy when it is not one already).
+    ``input_dim`` None accepts any width."""
+    if not isinstance(X, np.ndarray):
+        raise TypeError(f"{name}: expected a numpy.ndarray, got {type(X).__name__}")
+    if X.ndim != 2:
+        raise ValueError(f"{name}: expected a 2-D array (samples, features), got shape {X.shape}")
+    if X.shape[0] == 0:
+        raise ValueError(f"{name}: empty (0 samples)")
+    if X.dtype.kind not in "fiub":
+        raise TypeError(f"{name}: expected a numeric array, got {X.dtype}")
+    if input_dim is not None and X.shape[1] != input_dim:
+        raise ValueError(f"{name}: expected {input_dim} features, got {X.shape[1]}")
+    X = np.ascontiguousarray(X, dtype=dtype)
+    if count_nonfinite(X.reshape(-1)):
+        raise ValueError(f"{name}: contains NaN or inf")
+    return X
+
+
+def targets(loss, y, n, C, dtype, name="y"):
+    if not isinstance(y, np.ndarray):
+        raise TypeError(f"{name}: expected a numpy.ndarray, got {type(y).__name__}")
+    if y.ndim == 0:
+        raise ValueError(f"{name}: expected one target per row of X ({n}), got a scalar")
+    if y.shape[0] != n:
+        raise ValueError(f"{name}: expected {n} rows like X, got {y.shape[0]}")
+    return loss.check_targets(y, n, C, dtype, name)
+
+
+def real(name, v, lo=None):
+    if isinstance(v, (bool, np.bool_)) or not isinstance(v, numbers.Real) or not np.isfinite(float(v)):
+        raise ValueError(f"{name}: expected a finite number, got {v!r}")
+    if lo is not None and float(v) < lo:
+        raise ValueError(f"{name}: expected a number >= {lo}, got {v!r}")
+    return float(v)

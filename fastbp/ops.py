@@ -1,0 +1,312 @@
+"""Layer ops: one unit per layer kind, compiled from the specs in ``fastbp.layers``.
+
+An op owns its parameter shapes, their initialisation, its state (running statistics),
+per-workspace scratch, and the jitted forward/backward *entries* the plan schedules
+(see ``fastbp.program`` for the entry signature).
+
+The delta rule (written once, here): ``deltas[i]`` = dL/d(pre-activation output of op i).
+Op i's backward reads ``deltas[i]`` and writes ``deltas[i-1]`` already multiplied by the
+*previous* op's activation derivative (at ``outs[i-1]``, this op's input), so each backward
+hands its predecessor a finished delta; the loss applies the last op's derivative.
+
+Backward entries *overwrite* gradients (never accumulate); with ``fused_sgd`` they update the
+parameters in place instead of writing gradients.
+
+Adding a layer kind: subclass ``Op``, set ``spec_type`` to its spec (``fastbp.layers``),
+implement shapes, ``init`` and the two entries, and decorate it with ``@register``.
+The plan, the training loop and the facade need no edit.
+"""
+import numpy as np
+
+from . import init as initializers
+from . import layers as L
+from .kernels import (IDENTITY, activation_backward_launch, activation_forward_launch, batchnorm_backward_launch,
+                      batchnorm_forward_launch, dense_backward_launch, dense_forward_launch, dropout_backward_launch,
+                      dropout_forward_launch, jit, sgd_launch)
+from .kernels.names import CODE_NAMES, act_code
+
+OPS = {}   # spec class -> op class
+
+
+def register(cls):
+    OPS[cls.spec_type] = cls
+    return cls
+
+
+class IO:
+    """Where op ``i`` reads and writes in one workspace (arrays; the op turns them into slots)."""
+
+    def __init__(self, ws, ops, i):
+        self.ws, self.i = ws, i
+        self.x = ws.outs[i - 1] if i > 0 else ws.x          # (N, F_{i-1}) input
+        self.out, self.delta = ws.outs[i], ws.deltas[i]       # (N, F_i)
+        self.dx = ws.deltas[i - 1] if i > 0 else None         # (N, F_{i-1}) or None for the first op
+        self.prev = ops[i - 1] if i > 0 else None
+        self.scratch = ws.scratch[i]
+
+    @property
+    def prev_act(self):
+        return (self.prev.act, self.prev.alpha) if self.prev is not None else (IDENTITY, 0.0)
+
+
+class Op:
+    """Base unit.  ``act``/``alpha``: the activation fused into this op's output."""
+    spec_type = None
+    act, alpha = IDENTITY, 0.0
+    stochastic = False        # True when training-mode output differs from eval (dropout, BN)
+
+    def __init__(self, spec, in_dim, index):
+        self.spec, self.in_dim, self.index = spec, in_dim, index
+        self.out_dim = in_dim
+        self.params, self.grads, self.state = {}, {}, {}   # name -> view (filled by the plan)
+
+    def absorb(self, spec):
+        """Take a following standalone Activation into this op; True if absorbed."""
+        if isinstance(spec, L.Activation) and self.fuses_activation and self.act == IDENTITY:
+            self.act, self.alpha = act_code(spec.name), float(spec.alpha)
+            return True
+        return False
+
+    fuses_activation = False
+
+    def param_shapes(self):
+        """Ordered {name: shape} of trained parameters (views into the flat buffer)."""
+        return {}
+
+    def state_shapes(self):
+        """{name: (shape, fill)} of non-trained state kept with the model (e.g. running stats)."""
+        return {}
+
+    def scratch_shapes(self):
+        """{name: shape} of per-workspace scratch (e.g. BN's saved batch statistics)."""
+        return {}
+
+    def init(self, rng, dtype):
+        """Initialise ``self.params`` in place."""
+
+    def forward_entry(self, io, update_stats):
+        raise NotImplementedError
+
+    def backward_entry(self, io, fused_sgd, wd):
+        raise NotImplementedError
+
+    # per-layer access: model.layers[i].W, .dW, .running_mean
+    def __getattr__(self, name):
+        d = self.__dict__
+        for table in ("params", "state"):
+            if name in d.get(table, {}):
+                return d[table][name]
+        if name.startswith("d") and name[1:] in d.get("grads", {}):
+            return d["grads"][name[1:]]
+        raise AttributeError(f"{type(self).__name__} has no attribute {name!r}")
+
+    def describe(self):
+        return type(self.spec).__name__ + (f"({CODE_NAMES[self.act]})" if self.act != IDENTITY else "")
+
+    def __repr__(self):
+        shapes = ", ".join(f"{k}{tuple(v)}" for k, v in self.param_shapes().items())
+        return f"<{self.describe()} {self.in_dim}->{self.out_dim}{' ' + shapes if shapes else ''}>"
+
+
+# ----------------------------------------------------------------------------- Dense
+@jit
+def dense_forward_entry(a2, a1, ai, af, ia, fa, t, lr, training, nt):
+    # ia: x, out, W, b, act      fa: alpha
+    dense_forward_launch(a2[ia[1]], a2[ia[0]], a2[ia[2]], a1[ia[3]], ia[4], fa[0], nt)
+    return 0.0
+
+
+@jit
+def dense_backward_entry(a2, a1, ai, af, ia, fa, t, lr, training, nt):
+    # ia: dx, dW, db, dz, x, W, b, prev_act, want_dx, fused     fa: prev_alpha, wd
+    dense_backward_launch(a2[ia[0]], a2[ia[1]], a1[ia[2]], a2[ia[3]], a2[ia[4]], a2[ia[5]], a1[ia[6]], a2[ia[4]],
+                          ia[7], fa[0], ia[8] != 0, ia[9] != 0, lr, fa[1], nt)
+    return 0.0
+
+
+@register
+class DenseOp(Op):
+    spec_type = L.Dense
+    fuses_activation = True
+
+    def __init__(self, spec, in_dim, index):
+        super().__init__(spec, in_dim, index)
+        self.out_dim = spec.units
+        self.act, self.alpha = act_code(spec.activation), float(spec.alpha)
+
+    def param_shapes(self):
+        shapes = {"W": (self.in_dim, self.out_dim)}
+        if self.spec.bias:
+            shapes["b"] = (self.out_dim,)
+        return shapes
+
+    def init(self, rng, dtype):
+        fn = initializers.get(self.spec.init, CODE_NAMES[self.act])
+        self.params["W"][...] = fn(rng, self.in_dim, self.out_dim, dtype)
+        if "b" in self.params:
+            self.params["b"][...] = 0
+
+    def forward_entry(self, io, update_stats):
+        s = io.ws.slot
+        return (dense_forward_entry, [s(io.x), s(io.out), s(self.params["W"]), s(self.params.get("b")), self.act],
+                [self.alpha])
+
+    def backward_entry(self, io, fused_sgd, wd):
+        s = io.ws.slot
+        pact, palpha = io.prev_act
+        return (dense_backward_entry,
+                [s(io.dx), s(self.grads["W"]), s(self.grads.get("b")), s(io.delta), s(io.x), s(self.params["W"]),
+                 s(self.params.get("b")), pact, io.dx is not None, fused_sgd], [palpha, wd])
+
+
+# ------------------------------------------------------------------------- BatchNorm
+@jit
+def batchnorm_forward_entry(a2, a1, ai, af, ia, fa, t, lr, training, nt):
+    # ia: x, out, gamma, beta, mean, inv_std, running_mean, running_var, act    fa: momentum, eps, alpha
+    batchnorm_forward_launch(a2[ia[1]], a2[ia[0]], a1[ia[2]], a1[ia[3]], a1[ia[4]], a1[ia[5]], a1[ia[6]],
+                             a1[ia[7]], fa[0], fa[1], training, ia[8], fa[2], nt)
+    return 0.0
+
+
+@jit
+def batchnorm_backward_entry(a2, a1, ai, af, ia, fa, t, lr, training, nt):
+    # ia: dx, dgamma, dbeta, dz, x, gamma, beta, mean, inv_std, prev_act, want_dx, fused    fa: prev_alpha, wd
+    batchnorm_backward_launch(a2[ia[0]], a1[ia[1]], a1[ia[2]], a2[ia[3]], a2[ia[4]], a1[ia[5]], a1[ia[7]],
+                              a1[ia[8]], training, ia[9], fa[0], ia[10] != 0, nt)
+    if ia[11] != 0:   # fused plain SGD: update gamma and beta from the gradients just written
+        empty = a1[0]
+        sgd_launch(a1[ia[5]], a1[ia[1]], empty, lr, 0.0, False, fa[1], nt)
+        sgd_launch(a1[ia[6]], a1[ia[2]], empty, lr, 0.0, False, fa[1], nt)
+    return 0.0
+
+
+@register
+class BatchNormOp(Op):
+    spec_type = L.BatchNorm
+    fuses_activation = True
+    stochastic = True
+    min_train_rows = 2
+
+    def __init__(self, spec, in_dim, index):
+        super().__init__(spec, in_dim, index)
+        self.act, self.alpha = act_code(spec.activation), float(spec.alpha)
+
+    def param_shapes(self):
+        return {"gamma": (self.out_dim,), "beta": (self.out_dim,)}
+
+    def state_shapes(self):
+        return {"running_mean": ((self.out_dim,), 0.0), "running_var": ((self.out_dim,), 1.0)}
+
+    def scratch_shapes(self):
+        return {"mean": (self.out_dim,), "inv_std": (self.out_dim,)}
+
+    def init(self, rng, dtype):
+        self.params["gamma"][...] = 1
+        self.params["beta"][...] = 0
+
+    def forward_entry(self, io, update_stats):
+        s, p, st, sc = io.ws.slot, self.params, self.state, io.scratch
+        return (batchnorm_forward_entry,
+                [s(io.x), s(io.out), s(p["gamma"]), s(p["beta"]), s(sc["mean"]), s(sc["inv_std"]),
+                 s(st["running_mean"]), s(st["running_var"]), self.act],
+                [self.spec.momentum if update_stats else 0.0, self.spec.eps, self.alpha])
+
+    def backward_entry(self, io, fused_sgd, wd):
+        s, p, g, sc = io.ws.slot, self.params, self.grads, io.scratch
+        pact, palpha = io.prev_act
+        return (batchnorm_backward_entry,
+                [s(io.dx), s(g["gamma"]), s(g["beta"]), s(io.delta), s(io.x), s(p["gamma"]), s(p["beta"]),
+                 s(sc["mean"]), s(sc["inv_std"]), pact, io.dx is not None, fused_sgd], [palpha, wd])
+
+
+# --------------------------------------------------------------------------- Dropout
+@jit
+def dropout_forward_entry(a2, a1, ai, af, ia, fa, t, lr, training, nt):
+    # ia: x, out, layer, seed, row0     fa: p
+    if training and fa[0] > 0:
+        dropout_forward_launch(a2[ia[1]], a2[ia[0]], ia[3], t, ia[2], fa[0], ia[4], nt)
+    else:
+        activation_forward_launch(a2[ia[1]], a2[ia[0]], IDENTITY, 0.0, nt)
+    return 0.0
+
+
+@jit
+def dropout_backward_entry(a2, a1, ai, af, ia, fa, t, lr, training, nt):
+    # ia: dx, dz, x, layer, seed, row0, prev_act     fa: p, prev_alpha
+    if training and fa[0] > 0:
+        dropout_backward_launch(a2[ia[0]], a2[ia[1]], ia[4], t, ia[3], fa[0], ia[5], a2[ia[2]], ia[6], fa[1], nt)
+    else:
+        activation_backward_launch(a2[ia[0]], a2[ia[1]], a2[ia[2]], ia[6], fa[1], nt)
+    return 0.0
+
+
+@register
+class DropoutOp(Op):
+    spec_type = L.Dropout
+    stochastic = True
+
+    def forward_entry(self, io, update_stats):
+        s = io.ws.slot
+        return dropout_forward_entry, [s(io.x), s(io.out), self.index, self.seed, 0], [self.spec.p]
+
+    def backward_entry(self, io, fused_sgd, wd):
+        if io.dx is None:
+            return None
+        s = io.ws.slot
+        pact, palpha = io.prev_act
+        return (dropout_backward_entry, [s(io.dx), s(io.delta), s(io.x), self.index, self.seed, 0, pact],
+                [self.spec.p, palpha])
+
+
+# ------------------------------------------------------------------------ Activation
+@jit
+def activation_forward_entry(a2, a1, ai, af, ia, fa, t, lr, training, nt):
+    # ia: x, out, act     fa: alpha
+    activation_forward_launch(a2[ia[1]], a2[ia[0]], ia[2], fa[0], nt)
+    return 0.0
+
+
+@jit
+def activation_backward_entry(a2, a1, ai, af, ia, fa, t, lr, training, nt):
+    # its own derivative was applied by its successor: pass the delta on, times the previous op's
+    # ia: dx, dz, x, prev_act     fa: prev_alpha
+    activation_backward_launch(a2[ia[0]], a2[ia[1]], a2[ia[2]], ia[3], fa[0], nt)
+    return 0.0
+
+
+@register
+class ActivationOp(Op):
+    spec_type = L.Activation
+
+    def __init__(self, spec, in_dim, index):
+        super().__init__(spec, in_dim, index)
+        self.act, self.alpha = act_code(spec.name), float(spec.alpha)
+
+    def describe(self):
+        return f"Activation({CODE_NAMES[self.act]})"
+
+    def forward_entry(self, io, update_stats):
+        s = io.ws.slot
+        return activation_forward_entry, [s(io.x), s(io.out), self.act], [self.alpha]
+
+    def backward_entry(self, io, fused_sgd, wd):
+        if io.dx is None:
+            return None
+        s = io.ws.slot
+        pact, palpha = io.prev_act
+        return activation_backward_entry, [s(io.dx), s(io.delta), s(io.x), pact], [palpha]
+
+
+def compile_specs(specs, input_dim):
+    """Specs -> ops: each spec becomes its registered op unless the previous op absorbs it."""
+    ops, width = [], int(input_dim)
+    for i, spec in enumerate(specs):
+        if ops and ops[-1].absorb(spec):
+            continue
+        cls = OPS.get(type(spec))
+        if cls is None:
+            raise TypeError(f"layers[{i}]: no op is registered for {type(spec).__name__}")
+        op = cls(spec, width, len(ops))
+        ops.append(op)
+        width = op.out_dim
+    return ops

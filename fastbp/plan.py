@@ -1,0 +1,131 @@
+"""The plan: specs + loss -> ops with flat parameter/gradient buffers, and THE schedule.
+
+``Plan.program`` is the only place the order of a step is written:
+
+    train:   forward of every op (training mode)  -> loss (value and gradient)
+             -> backward of every op, last to first -> optimizer update (unless fused)
+    grads:   the same without the update (and BatchNorm running stats left unchanged)
+    forward: forward of every op;   evaluate: forward -> loss value
+
+Each program is one jitted call (``fastbp.program``), whatever the layer mix.  Plain SGD is
+*fused*: the backward launches update the parameters in place and write no gradients.
+
+The plan owns the parameters (``params``/``grads`` flat, per-op views) and the non-trained
+state (running statistics); the optimizer owns only its hyperparameters; the caller keeps
+the optimizer state and passes it in.
+"""
+import threading
+
+import numpy as np
+
+from . import losses as LS
+from .kernels import bind_blas
+from .ops import IO, compile_specs
+from .program import Program
+from .workspace import Workspace
+
+
+class Plan:
+    """Everything compiled from (specs, loss, input_dim, dtype, seed)."""
+
+    def __init__(self, specs, loss, input_dim, dtype, seed):
+        self.specs, self.loss, self.dtype, self.seed = list(specs), LS.get(loss), np.dtype(dtype), int(seed)
+        self.input_dim = int(input_dim)
+        self.ops = compile_specs(self.specs, self.input_dim)
+        if not any(op.param_shapes() for op in self.ops):
+            raise ValueError("layers: the model needs at least one layer with parameters (e.g. Dense)")
+        last = self.ops[-1]
+        if self.loss.needs_logits and last.act != 0:
+            raise ValueError(f"layers: with loss={self.loss.name!r} the last layer must output logits "
+                             f"(no activation); the loss applies the softmax/sigmoid itself")
+        self.output_dim = last.out_dim
+        sizes = [int(np.prod(sh)) for op in self.ops for sh in op.param_shapes().values()]
+        self.params = np.zeros(int(sum(sizes)), self.dtype)   # (P,) every trained parameter
+        self.grads = np.zeros_like(self.params)                # (P,) their gradients (same layout)
+        self.slots = []                                        # (op index, name, offset, size)
+        off = 0
+        rng = np.random.default_rng(self.seed)
+        for op in self.ops:
+            op.seed = self.seed
+            for name, shape in op.param_shapes().items():
+                n = int(np.prod(shape))
+                op.params[name] = self.params[off:off + n].reshape(shape)
+                op.grads[name] = self.grads[off:off + n].reshape(shape)
+                self.slots.append((op.index, name, off, n))
+                off += n
+            for name, (shape, fill) in op.state_shapes().items():
+                op.state[name] = np.full(shape, fill, self.dtype)
+            op.init(rng, self.dtype)
+        self.min_train_rows = max(getattr(op, "min_train_rows", 1) for op in self.ops)
+        self.stochastic = any(op.stochastic for op in self.ops)
+        self._train_ws = {}
+        self._pool = {}
+        self._lock = threading.Lock()
+
+    # ------------------------------------------------------------------ workspaces
+    def train_workspace(self, N):
+        """The training workspace for batches of N rows (one per size; a few sizes are kept)."""
+        ws = self._train_ws.get(N)
+        if ws is None:
+            if len(self._train_ws) >= 4:
+                self._train_ws.pop(next(iter(self._train_ws)))
+            ws = self._train_ws[N] = Workspace(self, N)
+        return ws
+
+    def borrow(self, N):
+        """A workspace of N rows owned by the caller until ``give_back`` (thread-safe)."""
+        with self._lock:
+            free = self._pool.get(N)
+            if free:
+                return free.pop()
+        return Workspace(self, N)
+
+    def give_back(self, ws):
+        with self._lock:
+            free = self._pool.setdefault(ws.N, [])
+            if len(free) < 4 and len(self._pool) <= 8:
+                free.append(ws)
+
+    def forget_programs(self):
+        """Drop compiled programs (after the optimizer or its state changed)."""
+        for ws in list(self._train_ws.values()):
+            ws.programs.clear()
+
+    # -------------------------------------------------------------------- schedule
+    def program(self, ws, kind, optimizer=None, opt_state=None, count=True, fuse=True):
+        """THE schedule.  ``kind``: 'train' | 'grads' | 'forward' | 'evaluate'.  ``fuse``: allow
+        plain SGD to be folded into the backward launches (then no gradients are written)."""
+        key = (kind, count, fuse, _optimizer_key(optimizer), tuple(id(a) for a in (opt_state or {}).values()))
+        prog = ws.programs.get(key)
+        if prog is not None:
+            return prog
+        ops, n = self.ops, len(self.ops)
+        ios = [IO(ws, ops, i) for i in range(n)]
+        entries = [op.forward_entry(io, update_stats=(kind != "grads")) for op, io in zip(ops, ios)]
+        if kind in ("train", "grads", "evaluate"):
+            want_grad = kind != "evaluate"
+            entries.append(self.loss.entry(ios[-1], ops[-1], want_grad, count))
+        if kind in ("train", "grads"):
+            fused = kind == "train" and fuse and optimizer.fusable
+            wd = optimizer.weight_decay if fused else 0.0
+            entries += [ops[i].backward_entry(ios[i], fused, wd) for i in range(n - 1, -1, -1)]
+            if kind == "train" and not fused:
+                entries.append(optimizer.entry(ws, self.params, self.grads, opt_state))
+        prog = ws.programs[key] = Program(self.dtype, entries)
+        ws.finish()
+        return prog
+
+    def run(self, ws, kind, t, lr=0.0, training=True, nt=1, optimizer=None, opt_state=None, count=True,
+            fuse=True):
+        """Run one program on the batch already in ``ws.x`` / ``ws.y``; returns the loss (or 0)."""
+        bind_blas()
+        prog = self.program(ws, kind, optimizer, opt_state, count, fuse)
+        ws.finish()
+        return prog.run(ws, t, lr, training, nt)
+
+
+def _optimizer_key(opt):
+    """Hyperparameters baked into a program (lr is passed at run time)."""
+    if opt is None:
+        return None
+    return (type(opt).__name__,) + tuple((k, v) for k, v in vars(opt).items() if k != "lr")

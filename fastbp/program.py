@@ -1,0 +1,82 @@
+"""A step program: the ordered list of jitted *entries* that one call runs, and its runner.
+
+Every op, loss and optimizer contributes entries with one uniform signature::
+
+    entry(a2, a1, ai, af, ia, fa, t, lr, training, nt) -> float64
+
+* ``a2`` / ``a1``: numba typed Lists of the workspace's 2-D / 1-D arrays of the model dtype
+  (batch, outputs, deltas, parameter and gradient views, state, scratch);
+* ``ai``: typed List of int64 1-D arrays (class labels); ``af``: float64 1-D arrays
+  (``af[0]`` per-chunk partial sums, ``af[1]`` the step statistics ``[loss, correct]``);
+* ``ia`` / ``fa``: this entry's own int64 / float64 arguments (list indices, activation
+  codes, flags; slopes, momenta, probabilities);
+* ``t`` step number (dropout key, Adam's bias correction), ``lr``, ``training``, ``nt`` chunks.
+
+An entry returns its contribution to the program's value (losses return the loss, all others
+0).  ``run_program`` calls the entries in order through first-class function pointers, so the
+whole training step of *any* layer mix is one jitted call from Python: no per-layer dispatch
+and no allocation.  With ``NUMBA_DISABLE_JIT=1`` the same code runs as plain Python.
+"""
+import numpy as np
+from numba import from_dtype, types
+from numba.typed import List
+
+from .kernels import JIT_DISABLED, jit
+
+
+def entry_signature(dtype):
+    """The numba signature every entry is compiled with, for arrays of ``dtype``."""
+    f = from_dtype(np.dtype(dtype))
+    return types.float64(types.ListType(f[:, ::1]), types.ListType(f[::1]), types.ListType(types.int64[::1]),
+                         types.ListType(types.float64[::1]), types.int64[::1], types.float64[::1], types.int64,
+                         types.float64, types.boolean, types.int64)
+
+
+_COMPILED = set()
+
+
+def _compiled(fn, dtype):
+    """``fn`` compiled (or loaded from numba's cache) for ``dtype``, once per process."""
+    key = (fn, np.dtype(dtype).name)
+    if not JIT_DISABLED and key not in _COMPILED:
+        fn.compile(entry_signature(dtype))
+        _COMPILED.add(key)
+    return fn
+
+
+def typed_list(items, item_type=None):
+    """A numba typed List (a plain list in pure-Python mode)."""
+    if JIT_DISABLED:
+        return list(items)
+    out = List.empty_list(item_type) if item_type is not None else List()
+    for it in items:
+        out.append(it)
+    return out
+
+
+class Program:
+    """Entries in call order, ready to run on one workspace."""
+
+    def __init__(self, dtype, entries):
+        """``entries``: iterable of (jitted fn, int args, float args)."""
+        entries = [e for e in entries if e is not None]
+        self.names = [fn.__name__ if hasattr(fn, "__name__") else str(fn) for fn, _, _ in entries]
+        ft = None if JIT_DISABLED else types.FunctionType(entry_signature(dtype))
+        self.fns = typed_list([_compiled(fn, dtype) for fn, _, _ in entries], ft)
+        self.ias = typed_list([np.asarray(ia, np.int64) for _, ia, _ in entries],
+                              None if JIT_DISABLED else types.int64[::1])
+        self.fas = typed_list([np.asarray(fa, np.float64) for _, _, fa in entries],
+                              None if JIT_DISABLED else types.float64[::1])
+
+    def run(self, ws, t, lr, training, nt):
+        return run_program(self.fns, self.ias, self.fas, ws.a2, ws.a1, ws.ai, ws.af, t, float(lr),
+                           bool(training), nt)
+
+
+@jit
+def run_program(fns, ias, fas, a2, a1, ai, af, t, lr, training, nt):
+    """Call every entry in order; returns the sum of what they return."""
+    total = 0.0
+    for i in range(len(fns)):
+        total += fns[i](a2, a1, ai, af, ias[i], fas[i], t, lr, training, nt)
+    return total

@@ -1,0 +1,53 @@
+"""Every buffer one batch size needs, and the typed Lists the step programs index into.
+
+A workspace belongs to one call at a time: training uses the plan's workspace for its
+batch size; inference takes one from a pool for the duration of the call, so concurrent
+``predict`` calls never share buffers.
+"""
+import numpy as np
+
+from .kernels.validate import max_threads
+from .program import typed_list
+
+
+class Workspace:
+    """Buffers for batches of ``N`` rows of ``plan`` (shapes below: L ops, F_i = ops[i].out_dim)."""
+
+    def __init__(self, plan, N):
+        dt = plan.dtype
+        self.N = N
+        self.x = np.empty((N, plan.input_dim), dt)                       # (N, D0)   the batch
+        self.outs = [np.empty((N, op.out_dim), dt) for op in plan.ops]   # (N, F_i)  output of op i
+        self.deltas = [np.empty((N, op.out_dim), dt) for op in plan.ops]  # (N, F_i) dL/d pre-activation of op i
+        self.scratch = [{k: np.zeros(s, dt) for k, s in op.scratch_shapes().items()}  # per op, e.g. BN mean (F,)
+                        for op in plan.ops]
+        self.y = plan.loss.target_buffer(N, plan.output_dim, dt)         # (N,) int64 or (N, C) targets
+        self.partial = np.zeros(max_threads(), np.float64)               # (threads,) per-chunk partial sums
+        self.stats = np.zeros(2, np.float64)                             # [loss, correct] of the last run
+        self._a2, self._a1, self._ai = [np.empty((0, 0), dt)], [np.empty(0, dt)], [np.empty(0, np.int64)]
+        self._ids = {}
+        self.programs = {}
+        self._finished = False
+
+    # -- list slots: index of an array in a2 / a1 / ai (registered once, by identity) --
+    def slot(self, a):
+        if a is None:
+            return 0
+        key = id(a)
+        if key not in self._ids:
+            lst = self._ai if a.dtype == np.int64 else (self._a2 if a.ndim == 2 else self._a1)
+            lst.append(a)
+            self._ids[key] = (len(lst) - 1, a)
+            self._finished = False
+        return self._ids[key][0]
+
+    def finish(self):
+        """Freeze the registered arrays into typed Lists (again whenever slot() added one)."""
+        if self._finished:
+            return self
+        self.a2 = typed_list(self._a2)
+        self.a1 = typed_list(self._a1)
+        self.ai = typed_list(self._ai)
+        self.af = typed_list([self.partial, self.stats])
+        self._finished = True
+        return self

@@ -1,0 +1,186 @@
+"""The core contract of issue 8: ops as units, one schedule, public gradients, safe copies and threads."""
+import copy
+import pickle
+import subprocess
+import sys
+import threading
+
+import numpy as np
+import pytest
+
+import fastbp
+from fastbp import Activation, BatchNorm, Dense, Dropout, Model
+from conftest import central_diff
+
+
+def _data(rng, n=200, d=12, c=3, dtype=np.float32):
+    X = rng.standard_normal((n, d)).astype(dtype)
+    return X, (np.abs(X[:, :3]).argmax(axis=1) % c).astype(np.int64)
+
+
+def test_dense_bias_false_has_no_bias(rng):
+    m = Model([Dense(4, "tanh", bias=False), Dense(3, bias=False)], input_dim=5)
+    assert m.params.size == 5 * 4 + 4 * 3
+    assert "b" not in m.layers[0].params
+    X, y = _data(rng, 64, 5)
+    m.fit(X, y, epochs=1, batch_size=16)
+    np.testing.assert_allclose(m.forward(np.zeros((2, 5), np.float32)), 0, atol=0)   # no offset anywhere
+
+
+def test_leaky_relu_negative_or_nan_alpha_rejected():
+    with pytest.raises(ValueError, match="Dense.alpha: leaky_relu slope must be >= 0"):
+        Dense(4, "leaky_relu", alpha=-0.5)
+    with pytest.raises(ValueError, match="Dense.alpha: must be finite"):
+        Dense(4, "leaky_relu", alpha=float("nan"))
+    x = np.zeros((2, 3))
+    with pytest.raises(ValueError, match="alpha: leaky_relu slope"):
+        fastbp.kernels.activation_forward(np.empty_like(x), x, "leaky_relu", alpha=-1.0)
+
+
+def test_training_forward_treats_rows_as_one_batch(rng):
+    X, _ = _data(rng, 40)
+    m = Model([Dense(16), BatchNorm("tanh"), Dropout(0.5), Dense(3)], input_dim=12).train()
+    a = m.forward(X, batch_size=8)
+    b = m.forward(X, batch_size=1000)
+    assert np.array_equal(a, b), "training-mode forward must not depend on batch_size"
+    d = Model([Dense(8, "tanh"), Dropout(0.5)], loss="mse", input_dim=12).train()
+    masks = d.forward(np.repeat(X[:1], 40, 0), batch_size=8) != 0
+    assert len({tuple(r) for r in masks[:8]}) > 1
+    assert not np.array_equal(masks[:8], masks[8:16]), "dropout mask repeated for every chunk"
+
+
+def test_batchnorm_training_batch_of_one_rejected_and_fit_merges_last(rng):
+    m = Model([Dense(8), BatchNorm("tanh"), Dense(3)], input_dim=12)
+    X, y = _data(rng, 33)
+    with pytest.raises(ValueError, match="at least 2 rows"):
+        m.train().forward(X[:1])
+    with pytest.raises(ValueError, match="at least 2 rows"):
+        m.loss_and_grads(X[:1], y[:1])
+    h = m.fit(X, y, epochs=1, batch_size=16)   # 16 + 17: the last single row is merged
+    assert m.step_count == 2 and np.isfinite(h["loss"][0])
+    assert m.eval().forward(X[:1]).shape == (1, 3)   # eval on one row is fine
+
+
+def test_fit_never_mutates_or_shares_the_optimizer(rng):
+    X, y = _data(rng, 64)
+    opt = fastbp.Adam(lr=0.01)
+    a, b = Model([Dense(8, "tanh"), Dense(3)]), Model([Dense(8, "tanh"), Dense(3)])
+    a.fit(X, y, optimizer=opt, lr=0.3)
+    b.fit(X, y, optimizer=opt)
+    assert opt.lr == 0.01
+    assert a.optimizer is not opt and b.optimizer is not opt and a.optimizer is not b.optimizer
+    assert a.optimizer.lr == 0.3 and b.optimizer.lr == 0.01
+
+
+@pytest.mark.parametrize("layers,loss", [
+    ([Dense(6, "tanh"), Dense(3)], "softmax_ce"),
+    ([Dense(6), BatchNorm("sigmoid"), Dropout(0.3), Dense(5, "leaky_relu", alpha=0.1), Dense(3)], "softmax_ce"),
+    ([Dense(6, "relu", bias=False), Activation("tanh"), Dense(3, "sigmoid")], "mse"),
+    ([Dense(6, "tanh"), Dense(3)], "sigmoid_bce"),
+])
+def test_loss_and_grads_matches_central_differences_and_changes_nothing(rng, layers, loss):
+    X = rng.standard_normal((7, 4))
+    y = rng.integers(0, 3, 7) if loss == "softmax_ce" else rng.random((7, 3))
+    m = Model(layers, loss=loss, input_dim=4, dtype="float64", seed=3)
+    before = (m.params.copy(), m.step_count, [dict((k, v.copy()) for k, v in op.state.items()) for op in m.layers])
+    loss_v, g = m.loss_and_grads(X, y, step=5)
+    g = g.copy()
+    assert np.shares_memory(m.grads, m.layers[0].dW)
+    assert np.array_equal(m.params, before[0]) and m.step_count == before[1]
+    for op, st in zip(m.layers, before[2]):
+        for k, v in st.items():
+            assert np.array_equal(op.state[k], v), f"{k} changed"
+    num = central_diff(lambda: m.loss_and_grads(X, y, step=5)[0], m.params, range(m.params.size))
+    np.testing.assert_allclose(g, num, rtol=1e-6, atol=1e-8)
+    assert loss_v == m.loss_and_grads(X, y, step=5)[0]
+
+
+def test_per_layer_access_summary_and_repr():
+    m = Model([Dense(5, "tanh"), BatchNorm("relu"), Dense(2)], input_dim=3)
+    L0, L1 = m.layers[0], m.layers[1]
+    assert L0.W.shape == (3, 5) and L0.dW.shape == (3, 5) and L0.b.shape == (5,)
+    assert np.shares_memory(L0.W, m.params) and np.shares_memory(L0.dW, m.grads)
+    assert np.all(L1.running_var == 1) and L1.gamma.shape == (5,) and L1.dbeta.shape == (5,)
+    s = m.summary()
+    assert "Dense(tanh)" in s and "BatchNorm(relu)" in s and f"{m.params.size:,}" in s
+    assert repr(m).startswith("Model([Dense(units=5") and "input_dim=3" in repr(m)
+    with pytest.raises(AttributeError):
+        L0.gamma
+
+
+def test_concurrent_predict_from_four_threads_equals_serial(rng):
+    X, y = _data(rng, 3000)
+    m = Model([Dense(64, "tanh"), BatchNorm("relu"), Dense(3)])
+    m.fit(X, y, epochs=1)
+    serial = [m.predict_proba(X[i::7], batch_size=97) for i in range(7)]
+    ev = m.evaluate(X, y)
+    out, errors = {}, []
+
+    def work(k):
+        try:
+            for r in range(12):
+                i = (k + r) % 7
+                if not np.array_equal(m.predict_proba(X[i::7], batch_size=97), serial[i]):
+                    errors.append((k, r))
+                if r % 4 == 0 and m.evaluate(X, y) != ev:
+                    errors.append((k, "evaluate"))
+            out[k] = True
+        except Exception as e:   # pragma: no cover - reported below
+            errors.append(e)
+    ts = [threading.Thread(target=work, args=(k,)) for k in range(4)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join(120)
+    assert not errors and len(out) == 4
+
+
+@pytest.mark.parametrize("how", ["pickle", "deepcopy"])
+def test_pickle_and_deepcopy_round_trip_bitwise(rng, how):
+    X, y = _data(rng, 256)
+    m = Model([Dense(16), BatchNorm("tanh"), Dropout(0.2), Dense(3)], seed=4)
+    m.fit(X, y, epochs=2, batch_size=32, optimizer="adam")
+    c = pickle.loads(pickle.dumps(m)) if how == "pickle" else copy.deepcopy(m)
+    assert np.array_equal(c.predict_proba(X), m.predict_proba(X))
+    assert c.step_count == m.step_count and c.optimizer == m.optimizer
+    m.fit(X, y, epochs=1, batch_size=32)
+    c.fit(X, y, epochs=1, batch_size=32)
+    assert np.array_equal(c.params, m.params), "resumed training differs after the copy"
+    assert not np.shares_memory(c.params, m.params)
+    u = pickle.loads(pickle.dumps(Model([Dense(3)])))
+    assert not u.built
+
+
+def _fresh(code):
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    return r.stdout.split()
+
+
+def test_importing_layers_loads_no_scipy_blis_or_numba():
+    out = _fresh("import sys, fastbp.layers, fastbp; from fastbp import Dense; Dense(3); "
+                 "print(*(m in sys.modules for m in ('scipy', 'blis', 'numba')))")
+    assert out == ["False", "False", "False"]
+
+
+def test_importing_every_module_binds_no_blas_and_changes_no_threads():
+    code = ("import importlib, pkgutil, fastbp, fastbp.kernels as K\n"
+            "from threadpoolctl import threadpool_info\n"
+            "before = [(i['filepath'], i['num_threads']) for i in threadpool_info()]\n"
+            "for m in pkgutil.iter_modules(fastbp.__path__):\n"
+            "    importlib.import_module('fastbp.' + m.name)\n"
+            "for m in pkgutil.iter_modules(K.__path__):\n"
+            "    importlib.import_module('fastbp.kernels.' + m.name)\n"
+            "from fastbp.kernels import _blas\n"
+            "after = [(i['filepath'], i['num_threads']) for i in threadpool_info()]\n"
+            "print(_blas.BACKEND, 'blis' in __import__('sys').modules, set(after) >= set(before))\n")
+    assert _fresh(code) == ["None", "False", "True"]
+
+
+def test_blas_binds_on_first_kernel_use_even_from_user_njit_code():
+    code = ("import numpy as np, numba\nfrom fastbp.kernels import dense_forward_launch, TANH, _blas\n"
+            "@numba.njit\ndef f(o, x, W, b):\n    dense_forward_launch(o, x, W, b, TANH, 0.0, 2)\n"
+            "x = np.ones((3, 4)); W = np.ones((4, 5)) * 0.1; o = np.empty((3, 5))\n"
+            "assert _blas.BACKEND is None\nf(o, x, W, np.zeros(5))\n"
+            "print(_blas.BACKEND is not None, np.allclose(o, np.tanh(0.4)))\n")
+    assert _fresh(code) == ["True", "True"]
