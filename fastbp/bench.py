@@ -43,6 +43,7 @@ def _gemm_floor_steps(B, rng):
     """The step's 8 GEMMs alone: (a) through numpy's threaded OpenBLAS, (b) through fastbp's BLAS
     path (per-thread blocks in one numba parallel region per layer, as the kernels call them)."""
     from numba import get_num_threads
+
     from fastbp.kernels.gemm_floor import gemm_only_step
     X = rng.random((B, 784), dtype=np.float32)
     W = [(rng.standard_normal((d, f)) / np.sqrt(d)).astype(np.float32) for d, f in zip(SIZES[:-1], SIZES[1:])]
@@ -215,6 +216,7 @@ def _epochs(data_dir, peers, say):
     import json
     import subprocess
     import sys
+
     import fastbp
     from fastbp import Dense, Model, data
     (X, y), _ = data.load_fashion_mnist(data_dir)

@@ -150,7 +150,7 @@ def apply(model, arrays, meta, path):
             staged.append((f"opt_{k}", a, arrays[f"opt_{k}"]))
     for name, dst, src in staged:   # check everything first: nothing is half-written
         _put(path, name, np.empty_like(dst), src)
-    for name, dst, src in staged:
+    for _, dst, src in staged:
         dst[...] = src
     model.step_count, model.epochs_done = counters
     model.history = meta.get("history")

@@ -83,6 +83,7 @@ def build_parser():
 
 def cmd_gradcheck(args):
     import numpy as np
+
     import fastbp
     rng = np.random.default_rng(args.seed)
     layers = []
@@ -109,6 +110,7 @@ def cmd_gradcheck(args):
 
 def cmd_experiment(args):
     import os
+
     from fastbp import experiments
     out = args.out or os.path.join("runs", args.name)
     try:
@@ -125,6 +127,7 @@ def cmd_experiment(args):
 
 def cmd_plot(args):
     import os
+
     from fastbp import plotting
     from fastbp.history import load_history
     try:

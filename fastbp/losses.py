@@ -7,8 +7,17 @@ It also stores ``[loss, correct]`` in the workspace's ``stats``.
 """
 import numpy as np
 
-from .kernels import (IDENTITY, activation_backward_launch, count_argmax_correct, count_nonfinite,
-                      count_threshold_correct, jit, mse_launch, sigmoid_bce_launch, softmax_ce_launch)
+from .kernels import (
+    IDENTITY,
+    activation_backward_launch,
+    count_argmax_correct,
+    count_nonfinite,
+    count_threshold_correct,
+    jit,
+    mse_launch,
+    sigmoid_bce_launch,
+    softmax_ce_launch,
+)
 from .kernels.loss import check_int_labels
 
 LOSSES = {}

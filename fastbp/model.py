@@ -82,7 +82,7 @@ class Model:
         rows = [f"{'#':>3}  {'layer':<28} {'output':>10} {'params':>10}"]
         for op in self._need_plan().ops:
             n = sum(v.size for v in op.params.values())
-            rows.append(f"{op.index:>3}  {op.describe():<28} {'(N, %d)' % op.out_dim:>10} {n:>10,}")
+            rows.append(f"{op.index:>3}  {op.describe():<28} {f'(N, {op.out_dim})':>10} {n:>10,}")
         rows.append(f"total {self.params.size:,} parameters ({self.dtype.name}), loss {self.loss}, "
                     f"input {self.input_dim} features")
         return "\n".join(rows)

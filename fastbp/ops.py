@@ -16,13 +16,22 @@ Adding a layer kind: subclass ``Op``, set ``spec_type`` to its spec (``fastbp.la
 implement shapes, ``init`` and the two entries, and decorate it with ``@register``.
 The plan, the training loop and the facade need no edit.
 """
-import numpy as np
 
 from . import init as initializers
 from . import layers as L
-from .kernels import (IDENTITY, activation_backward_launch, activation_forward_launch, batchnorm_backward_launch,
-                      batchnorm_forward_launch, dense_backward_launch, dense_forward_launch, dropout_backward_launch,
-                      dropout_forward_launch, jit, sgd_launch)
+from .kernels import (
+    IDENTITY,
+    activation_backward_launch,
+    activation_forward_launch,
+    batchnorm_backward_launch,
+    batchnorm_forward_launch,
+    dense_backward_launch,
+    dense_forward_launch,
+    dropout_backward_launch,
+    dropout_forward_launch,
+    jit,
+    sgd_launch,
+)
 from .kernels.names import CODE_NAMES, act_code
 
 OPS = {}   # spec class -> op class

@@ -6,13 +6,20 @@ writes nothing.
 """
 import numpy as np
 
-from ._jit import jit
+from ._jit import JIT_DISABLED, jit
+
+
+def modular_nonfinite(fn):
+    """``count_nonfinite``: jitted; in pure-Python mode numpy's isfinite (``inf - inf`` would warn)."""
+    if JIT_DISABLED:
+        return lambda flat: int(np.count_nonzero(~np.isfinite(flat)))
+    return jit(fn)
 from .validate import flag, integer, max_threads, real, scalar, threads  # noqa: F401  (one import point)
 
 FLOATS = (np.float32, np.float64)
 
 
-@jit
+@modular_nonfinite
 def count_nonfinite(flat):
     """Number of NaN/inf entries of a 1-D array (jitted; documented helper)."""
     n = 0
@@ -42,7 +49,8 @@ def array(name, a, ndim=None, dtype=None, writeable=False, finite=False):
     elif a.dtype != dtype:
         raise TypeError(f"{name}: expected dtype {np.dtype(dtype)} (like the other arrays), got {a.dtype}")
     if not a.dtype.isnative:
-        raise TypeError(f"{name}: expected native byte order, got {a.dtype.str} (use a.astype(a.dtype.newbyteorder('=')))")
+        raise TypeError(f"{name}: expected native byte order, got {a.dtype.str} "
+                        f"(use a.astype(a.dtype.newbyteorder('=')))")
     if ndim is not None and a.ndim != ndim:
         raise ValueError(f"{name}: expected a {ndim}-D array, got shape {a.shape}")
     if not a.flags.c_contiguous:

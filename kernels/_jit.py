@@ -40,6 +40,20 @@ def jit(fn=None, *, parallel=False, inline="never"):
     return wrap(fn) if fn is not None else wrap
 
 
+def modular(fn):
+    """For functions whose uint64 arithmetic wraps on purpose (hashes): in pure-Python mode,
+    numpy would warn on every wrap, so run them with overflow warnings off.  No-op when jitted."""
+    if not JIT_DISABLED:
+        return fn
+    import functools
+
+    @functools.wraps(fn)
+    def wrapped(*args):
+        with np.errstate(over="ignore", under="ignore"):
+            return fn(*args)
+    return wrapped
+
+
 if JIT_DISABLED:
     def cast_like(value, like):
         """Pure-Python fallback: ``value`` as a scalar of ``like``'s dtype."""

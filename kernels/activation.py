@@ -20,9 +20,8 @@ from numba import prange
 from . import _check
 from ._jit import cast_like, jit
 from ._parallel import copy_rows, split
-from .names import (CODE_NAMES, IDENTITY, LEAKY_RELU, NAMES, RELU, SIGMOID, TANH,  # noqa: F401
-                     act_code, check_alpha)
 from .mathfn import sigmoid, tanh
+from .names import CODE_NAMES, IDENTITY, LEAKY_RELU, NAMES, RELU, SIGMOID, TANH, act_code, check_alpha  # noqa: F401
 
 # Block loops slice first and then run from 0: numba cannot prove an index from range(c0, c1) is
 # non-negative, keeps its wraparound check in the loop and LLVM then does not vectorize it

@@ -73,7 +73,8 @@ def batchnorm_forward_block(out, x, gamma, beta, mean, inv_std, rmean, rvar, mom
 
 
 @jit(parallel=True)
-def batchnorm_forward_launch(out, x, gamma, beta, mean, inv_std, rmean, rvar, momentum, eps, training, act, alpha, nchunks):
+def batchnorm_forward_launch(out, x, gamma, beta, mean, inv_std, rmean, rvar, momentum, eps, training, act, alpha,
+                             nchunks):
     """out = act(gamma (x - mean) inv_std + beta), overwriting ``out``, ``mean``, ``inv_std``;
     in training also updates ``rmean``/``rvar`` in place (momentum 0: unchanged)."""
     F = x.shape[1]

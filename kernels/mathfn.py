@@ -27,7 +27,7 @@ from llvmlite import ir
 from numba import types
 from numba.extending import intrinsic, overload
 
-from ._jit import JIT_DISABLED, JIT_OPTIONS, jit
+from ._jit import JIT_DISABLED, JIT_OPTIONS, jit, modular
 
 if JIT_DISABLED:
     def _i32_as_f32(i):
@@ -140,6 +140,11 @@ def sigmoid_f64(x):
         return 1.0 / (1.0 + math.exp(-x))
     e = math.exp(x)
     return e / (1.0 + e)
+
+
+if JIT_DISABLED:   # pure-Python mode: IEEE overflow to inf as in jitted code, without numpy warnings
+    exp_f32, tanh_f32, sigmoid_f32 = modular(exp_f32), modular(tanh_f32), modular(sigmoid_f32)
+    exp_f64 = modular(lambda x: float(np.exp(np.float64(x))))
 
 
 def _dispatching(name, f32, f64):

@@ -1,11 +1,11 @@
 """BatchNorm and dropout kernels vs reference, finite differences and their statistical contracts."""
-import numpy as np
 import numba
+import numpy as np
 import pytest
+from conftest import central_diff, close
 
 import fastbp.kernels as K
 from fastbp import reference as R
-from conftest import central_diff, close
 
 
 def _bn(x, gamma, beta, training=True, act="identity", momentum=0.1, rm=None, rv=None):

@@ -6,6 +6,8 @@ import sys
 
 import pytest
 
+pytestmark = pytest.mark.jit
+
 SCRIPT = r"""
 import itertools, numpy as np
 from numba import njit
@@ -42,6 +44,7 @@ def _available():
     out = ["openblas"]
     try:
         import blis  # noqa: F401
+
         from fastbp.kernels._blas import _cpu_has_avx512
         if _cpu_has_avx512():
             out.append("blis")

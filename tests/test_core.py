@@ -7,10 +7,10 @@ import threading
 
 import numpy as np
 import pytest
+from conftest import central_diff
 
 import fastbp
 from fastbp import Activation, BatchNorm, Dense, Dropout, Model
-from conftest import central_diff
 
 
 def _data(rng, n=200, d=12, c=3, dtype=np.float32):
@@ -177,6 +177,7 @@ def test_importing_every_module_binds_no_blas_and_changes_no_threads():
     assert _fresh(code) == ["None", "False", "True"]
 
 
+@pytest.mark.jit
 def test_blas_binds_on_first_kernel_use_even_from_user_njit_code():
     code = ("import numpy as np, numba\nfrom fastbp.kernels import dense_forward_launch, TANH, _blas\n"
             "@numba.njit\ndef f(o, x, W, b):\n    dense_forward_launch(o, x, W, b, TANH, 0.0, 2)\n"

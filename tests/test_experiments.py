@@ -1,5 +1,4 @@
 """Issue 5: gradcheck CLI, the vanishing-gradient and regularizer experiments, plots, history export."""
-import json
 import struct
 import sys
 import zlib

@@ -1,4 +1,3 @@
-import numpy as np
 import pytest
 
 from fastbp import BatchNorm, Dense, Dropout, Model

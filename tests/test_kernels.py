@@ -1,11 +1,11 @@
 """Every kernel vs fastbp.reference (float64 tight, float32 loose) and vs finite differences."""
 import numpy as np
 import pytest
+from conftest import TOL, central_diff, close
 from numba import njit, prange
 
 import fastbp.kernels as K
 from fastbp import reference as R
-from conftest import TOL, central_diff, close
 
 ACTS = ["identity", "relu", "leaky_relu", "sigmoid", "tanh"]
 DTYPES = [np.float64, np.float32]

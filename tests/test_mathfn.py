@@ -3,14 +3,18 @@ import numpy as np
 import pytest
 from numba import njit
 
+from fastbp.kernels import JIT_DISABLED
 from fastbp.kernels import activation as KA
 from fastbp.kernels import mathfn as M
+
+# every 61st bit pattern: ~70 million finite float32 values covering the whole range; in
+# pure-Python mode (NUMBA_DISABLE_JIT=1, the coverage run) every 214,741st: ~20,000 values
+STRIDE = 214741 if JIT_DISABLED else 61
 
 
 @pytest.fixture(scope="module")
 def all_floats():
-    # every 61st bit pattern: ~70 million finite float32 values covering the whole range
-    bits = np.arange(0, 2 ** 32, 61, dtype=np.uint64).astype(np.uint32).view(np.float32)
+    bits = np.arange(0, 2 ** 32, STRIDE, dtype=np.uint64).astype(np.uint32).view(np.float32)
     return bits[np.isfinite(bits)]
 
 
@@ -46,6 +50,9 @@ def test_exp_error_bound(all_floats):
     assert np.all(np.isinf(out[ref > np.finfo(np.float32).max]))
 
 
+jit_only = pytest.mark.jit   # inspects machine code
+
+
 def _asm(disp, *args):
     """Assembly of a fresh, uncached compile (numba refuses to inspect code loaded from its cache)."""
     opts = {k: v for k, v in disp.targetoptions.items() if k not in ("cache", "nopython")}
@@ -55,6 +62,7 @@ def _asm(disp, *args):
 
 
 @pytest.mark.parametrize("fn", [M.tanh_array, M.exp_array, M.sigmoid_array])
+@jit_only
 def test_hot_loops_vectorize(fn):
     x = np.linspace(-5, 5, 1000, dtype=np.float32)
     asm = _asm(fn, np.empty_like(x), x)
@@ -63,6 +71,7 @@ def test_hot_loops_vectorize(fn):
         assert libm not in asm, f"scalar libm call {libm} in the hot loop"
 
 
+@jit_only
 def test_fused_activation_kernel_vectorizes():
     x = np.random.default_rng(0).standard_normal((8, 64)).astype(np.float32)
     out = np.empty_like(x)

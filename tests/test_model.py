@@ -1,6 +1,5 @@
 """Model API: gradients vs reference, determinism, batch sizes, checkpoints, allocation-free steps."""
 import gc
-import os
 import tracemalloc
 
 import numpy as np
@@ -158,6 +157,7 @@ OPTIMIZERS = {"sgd": lambda: fastbp.SGD(lr=0.05), "momentum": lambda: fastbp.SGD
               "adam": lambda: fastbp.Adam(lr=1e-3, weight_decay=1e-4), "adamw": lambda: fastbp.AdamW(lr=1e-3)}
 
 
+@pytest.mark.jit
 @pytest.mark.parametrize("opt", list(OPTIMIZERS))
 @pytest.mark.parametrize("mix", list(MIXES))
 def test_steady_state_step_allocates_nothing(rng, mix, opt):
@@ -191,6 +191,7 @@ def _step_memory(rng, mix, opt):
     return [d for d in snap1.compare_to(snap0, "lineno") if d.size_diff > 1024]
 
 
+@pytest.mark.jit
 @pytest.mark.xfail(strict=True, reason="known: calling run_program (typed Lists of first-class functions) retains "
                    "~200-700 B of Python objects per step inside numba's dispatch; see issue 8 note")
 def test_steady_state_step_python_memory_does_not_grow(rng):

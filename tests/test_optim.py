@@ -47,6 +47,7 @@ def test_adam_and_adamw_match_rule(rng, decoupled, wd, dtype):
 
 def test_schedules_and_fit_uses_them():
     import math
+
     import fastbp
     from fastbp import optim as O
     assert [O.step_lr(2, 0.5)(e) for e in range(5)] == [1, 1, 0.5, 0.5, 0.25]

@@ -14,6 +14,7 @@ def fmnist():
         pytest.fail(f"Fashion-MNIST is required for this test: {e}")
 
 
+@pytest.mark.slow
 def test_fashion_mnist_tanh_mlp_sgd_reaches_82_percent(fmnist):
     (X, y), (Xt, yt) = fmnist
     m = Model([Dense(512, "tanh"), Dense(512, "tanh"), Dense(10)], seed=0)
@@ -24,6 +25,7 @@ def test_fashion_mnist_tanh_mlp_sgd_reaches_82_percent(fmnist):
     assert h["loss"][-1] < h["loss"][0]
 
 
+@pytest.mark.slow
 def test_fashion_mnist_batchnorm_adam_reaches_84_percent(fmnist):
     (X, y), (Xt, yt) = fmnist
     m = Model([Dense(512), BatchNorm("tanh"), Dense(512), BatchNorm("tanh"), Dense(10)], seed=0)
