@@ -18,11 +18,11 @@ def get_num_threads():
 
 def threading_info():
     """Which threading layer and BLAS fastbp runs on (the layer is known after the first parallel call)."""
-    from .kernels import _blas, bind_blas
-    bind_blas()
+    from .kernels import blas_info
+    blas = blas_info()
     try:
         layer = numba.threading_layer()
     except ValueError:
         layer = None
     return {"numba_threads": numba.get_num_threads(), "threading_layer": layer,
-            "blas": _blas.BACKEND, "blas_library": _blas.LIBRARY_PATH, "blas_threads_per_call": 1}
+            "blas": blas["backend"], "blas_library": blas["library"], "blas_threads_per_call": 1}

@@ -67,7 +67,7 @@ _EXPORTS = {
     "sgd_launch": ("optim", "sgd_launch"),
 }
 
-__all__ = sorted(_EXPORTS) + ["blas_backend"]
+__all__ = sorted(_EXPORTS) + ["blas_backend", "blas_info"]
 
 
 def __getattr__(name):
@@ -81,6 +81,13 @@ def __getattr__(name):
 
 def __dir__():
     return __all__
+
+
+def blas_info():
+    """{"backend", "library", "blis_kernels"} of the bound BLAS (binding it if needed)."""
+    from . import _blas
+    _blas.bind()
+    return {"backend": _blas.BACKEND or "numpy", "library": _blas.LIBRARY_PATH, "blis_kernels": _blas.BLIS_KERNELS}
 
 
 def blas_backend():

@@ -185,3 +185,20 @@ def test_blas_binds_on_first_kernel_use_even_from_user_njit_code():
             "assert _blas.BACKEND is None\nf(o, x, W, np.zeros(5))\n"
             "print(_blas.BACKEND is not None, np.allclose(o, np.tanh(0.4)))\n")
     assert _fresh(code) == ["True", "True"]
+
+
+def test_readme_custom_layer_example_runs_in_user_njit_code(rng):
+    """The README's example: fastbp's jitted launches inside a user's own @njit(parallel=True) code."""
+    import pathlib
+    import re
+    readme = (pathlib.Path(__file__).parent.parent / "README.md").read_text()
+    block = next(b for b in re.findall(r"```python\n(.*?)```", readme, re.S) if "def my_forward" in b)
+    ns = {}
+    exec(compile(block, "README.md", "exec"), ns)
+    x = rng.standard_normal((9, 6))
+    W1, b1 = rng.standard_normal((6, 5)), rng.standard_normal(5)
+    W2, b2 = rng.standard_normal((5, 3)), rng.standard_normal(3)
+    h1, h2, out = np.empty((9, 5)), np.empty((9, 5)), np.empty((9, 3))
+    ns["my_forward"](h1, h2, out, x, W1, b1, W2, b2, 2)
+    ref = np.maximum(x @ W1 + b1, 0) ** 2 @ W2 + b2
+    np.testing.assert_allclose(out, ref, rtol=1e-12, atol=1e-12)

@@ -34,3 +34,14 @@ def test_kernels_never_import_the_rest_of_fastbp():
         src = py.read_text()
         assert not re.search(r"^\s*(from|import)\s+fastbp(\.|\s|$)(?!kernels)", src, re.M), py.name
         assert "from .." not in src, py.name
+
+
+def test_fastbp_uses_only_documented_kernel_names():
+    """fastbp/ reaches kernels only through public names: no `_`-prefixed kernel module or function."""
+    import pathlib
+    import re
+    root = pathlib.Path(fastbp.__file__).parent
+    for py in root.glob("*.py"):
+        src = py.read_text()
+        bad = re.findall(r"kernels(?:\.|\s+import\s+\(?\s*)_\w+|\bK[A-Z]?\._\w+", src)
+        assert not bad, f"{py.name} uses private kernel names: {bad}"
