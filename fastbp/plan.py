@@ -22,7 +22,7 @@ from . import losses as LS
 from .kernels import bind_blas
 from .ops import IO, compile_specs
 from .program import Program
-from .workspace import Workspace
+from .workspace import Workspace, aligned_empty
 
 
 class Plan:
@@ -40,8 +40,10 @@ class Plan:
                              f"(no activation); the loss applies the softmax/sigmoid itself")
         self.output_dim = last.out_dim
         sizes = [int(np.prod(sh)) for op in self.ops for sh in op.param_shapes().values()]
-        self.params = np.zeros(int(sum(sizes)), self.dtype)   # (P,) every trained parameter
-        self.grads = np.zeros_like(self.params)                # (P,) their gradients (same layout)
+        self.params = aligned_empty(int(sum(sizes)), self.dtype)   # (P,) every trained parameter
+        self.grads = aligned_empty(int(sum(sizes)), self.dtype)    # (P,) their gradients (same layout)
+        self.params[...] = 0
+        self.grads[...] = 0
         self.slots = []                                        # (op index, name, offset, size)
         off = 0
         rng = np.random.default_rng(self.seed)

@@ -9,6 +9,17 @@ import numpy as np
 from .kernels.validate import max_threads
 from .program import typed_list
 
+ALIGN = 64   # bytes: a cache line and an AVX-512 register; numpy itself only guarantees 16
+
+
+def aligned_empty(shape, dtype):
+    """An uninitialised C-contiguous array whose data starts on an ALIGN-byte boundary."""
+    dtype = np.dtype(dtype)
+    n = int(np.prod(shape)) * dtype.itemsize
+    raw = np.empty(n + ALIGN, np.uint8)
+    off = (-raw.ctypes.data) % ALIGN
+    return raw[off:off + n].view(dtype).reshape(shape)
+
 
 class Workspace:
     """Buffers for batches of ``N`` rows of ``plan`` (shapes below: L ops, F_i = ops[i].out_dim)."""
@@ -16,9 +27,9 @@ class Workspace:
     def __init__(self, plan, N):
         dt = plan.dtype
         self.N = N
-        self.x = np.empty((N, plan.input_dim), dt)                       # (N, D0)   the batch
-        self.outs = [np.empty((N, op.out_dim), dt) for op in plan.ops]   # (N, F_i)  output of op i
-        self.deltas = [np.empty((N, op.out_dim), dt) for op in plan.ops]  # (N, F_i) dL/d pre-activation of op i
+        self.x = aligned_empty((N, plan.input_dim), dt)                       # (N, D0)  the batch
+        self.outs = [aligned_empty((N, op.out_dim), dt) for op in plan.ops]   # (N, F_i) output of op i
+        self.deltas = [aligned_empty((N, op.out_dim), dt) for op in plan.ops]  # (N, F_i) dL/d pre-activation
         self.scratch = [{k: np.zeros(s, dt) for k, s in op.scratch_shapes().items()}  # per op, e.g. BN mean (F,)
                         for op in plan.ops]
         self.y = plan.loss.target_buffer(N, plan.output_dim, dt)         # (N,) int64 or (N, C) targets

@@ -7,6 +7,7 @@ writes nothing.
 import numpy as np
 
 from ._jit import JIT_DISABLED, jit
+from .validate import flag, integer, max_threads, real, scalar, threads  # noqa: F401  (one import point)
 
 
 def modular_nonfinite(fn):
@@ -14,7 +15,6 @@ def modular_nonfinite(fn):
     if JIT_DISABLED:
         return lambda flat: int(np.count_nonzero(~np.isfinite(flat)))
     return jit(fn)
-from .validate import flag, integer, max_threads, real, scalar, threads  # noqa: F401  (one import point)
 
 FLOATS = (np.float32, np.float64)
 
