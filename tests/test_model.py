@@ -192,8 +192,39 @@ def _step_memory(rng, mix, opt):
 
 
 @pytest.mark.jit
-@pytest.mark.xfail(strict=True, reason="known: calling run_program (typed Lists of first-class functions) retains "
-                   "~200-700 B of Python objects per step inside numba's dispatch; see issue 8 note")
+def test_python_memory_does_not_grow_with_the_number_of_steps(rng):
+    """Traced Python memory after 2,000 and after 20,000 further steps: equal to within 4 KiB.
+    (numba's dispatch keeps a bounded pool of ~30-55 KiB of small objects that it rotates while
+    tracemalloc watches; it does not grow with the step count.)"""
+    X, y = _data(rng, 256, 64, 10)
+    m = Model(MIXES["bn_dropout_act"])
+    m.fit(X, y, epochs=1, batch_size=128, optimizer="adam")
+    plan, ws, nt = m.plan, m.plan.train_workspace(128), fastbp.get_num_threads()
+    ws.x[...] = X[:128]
+    ws.y[...] = y[:128]
+    for t in range(1000):
+        plan.run(ws, "train", t + 1, 1e-4, True, nt, m.optimizer, m.opt_state)
+    gc.collect()
+    tracemalloc.start()
+    try:
+        for t in range(2000):
+            plan.run(ws, "train", t + 1001, 1e-4, True, nt, m.optimizer, m.opt_state)
+        gc.collect()
+        first = tracemalloc.get_traced_memory()[0]
+        for t in range(18000):
+            plan.run(ws, "train", t + 3001, 1e-4, True, nt, m.optimizer, m.opt_state)
+        gc.collect()
+        second = tracemalloc.get_traced_memory()[0]
+    finally:
+        tracemalloc.stop()
+    assert second - first < 4096, f"Python memory grew by {second - first} B over 18,000 steps"
+
+
+@pytest.mark.jit
+@pytest.mark.xfail(strict=True, reason="the earlier form of this check (no line's traced memory > 1 KiB after 20 "
+                   "steps) fails since a step is one call of a program of first-class functions: numba's "
+                   "dispatch rotates a bounded ~30-55 KiB pool of small objects (constant in the number of "
+                   "steps, see the test above)")
 def test_steady_state_step_python_memory_does_not_grow(rng):
     grown = _step_memory(rng, "bn_dropout_act", "adam")
     assert not grown, f"Python memory grew during steps: {grown[:3]}"
