@@ -19,6 +19,7 @@ and no allocation.  With ``NUMBA_DISABLE_JIT=1`` the same code runs as plain Pyt
 """
 import numpy as np
 from numba import from_dtype, types
+from numba.core.types.function_type import CompileResultWAP
 from numba.typed import List
 
 from .kernels import JIT_DISABLED, jit
@@ -32,22 +33,49 @@ def entry_signature(dtype):
                          types.float64, types.boolean, types.int64)
 
 
-_COMPILED = set()
+_COMPILED = {}   # (entry function, dtype name) -> first-class function value
 
 
 def _compiled(fn, dtype):
-    """``fn`` compiled (or loaded from numba's cache) for ``dtype``, once per process."""
+    """``fn`` compiled (or loaded from numba's cache) for ``dtype``, as a first-class function
+    value of type FunctionType(entry signature): every entry then has the same numba type, so the
+    typed List of entries needs one (cached) compile, not one per entry function."""
+    if JIT_DISABLED:
+        return fn
     key = (fn, np.dtype(dtype).name)
-    if not JIT_DISABLED and key not in _COMPILED:
-        fn.compile(entry_signature(dtype))
-        _COMPILED.add(key)
-    return fn
+    wap = _COMPILED.get(key)
+    if wap is None:
+        sig = entry_signature(dtype)
+        fn.compile(sig)
+        wap = _COMPILED[key] = CompileResultWAP(fn.overloads[sig.args])
+    return wap
+
+
+@jit
+def _list_of(a):
+    out = List()
+    out.append(a)
+    return out
+
+
+@jit
+def _append(lst, a):
+    lst.append(a)
 
 
 def typed_list(items, item_type=None):
-    """A numba typed List (a plain list in pure-Python mode)."""
+    """A numba typed List (a plain list in pure-Python mode).
+
+    Lists of arrays are built by two small cached jitted functions: building them from Python
+    would compile numba's list helpers anew in every process (~0.8 s per item type)."""
+    items = list(items)
     if JIT_DISABLED:
-        return list(items)
+        return items
+    if items and isinstance(items[0], (np.ndarray, CompileResultWAP)):
+        out = _list_of(items[0])
+        for it in items[1:]:
+            _append(out, it)
+        return out
     out = List.empty_list(item_type) if item_type is not None else List()
     for it in items:
         out.append(it)
@@ -60,7 +88,7 @@ class Program:
     def __init__(self, dtype, entries):
         """``entries``: iterable of (jitted fn, int args, float args)."""
         entries = [e for e in entries if e is not None]
-        self.names = [fn.__name__ if hasattr(fn, "__name__") else str(fn) for fn, _, _ in entries]
+        self.names = [fn.__name__ for fn, _, _ in entries]
         ft = None if JIT_DISABLED else types.FunctionType(entry_signature(dtype))
         self.fns = typed_list([_compiled(fn, dtype) for fn, _, _ in entries], ft)
         self.ias = typed_list([np.asarray(ia, np.int64) for _, ia, _ in entries],
