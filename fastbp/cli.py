@@ -161,7 +161,11 @@ def cmd_train(args):
     import fastbp
     from fastbp import data
     if args.threads:
-        fastbp.set_num_threads(args.threads)
+        try:
+            fastbp.set_num_threads(args.threads)
+        except ValueError as e:
+            print(f"fastbp: --threads: {e}", file=sys.stderr)
+            return 2
     if not 0 <= args.dropout < 1:
         print("fastbp: --dropout must be in [0, 1)", file=sys.stderr)
         return 2

@@ -6,6 +6,7 @@ cache (``$XDG_CACHE_HOME/fastbp/<name>``, default ``~/.cache/fastbp/<name>``) an
 ``/usr/share/datasets/<name>/`` (Debian's dataset-fashion-mnist package).
 """
 import gzip
+import zlib
 import hashlib
 import os
 import shutil
@@ -50,8 +51,8 @@ def read_idx(path):
     try:
         with opener(path, "rb") as f:
             data = f.read()
-    except (OSError, EOFError) as e:
-        raise ValueError(f"{path}: corrupt or truncated gzip data ({e})") from None
+    except (OSError, EOFError, zlib.error) as e:
+        raise ValueError(f"{path}: corrupt or truncated gzip data ({type(e).__name__}: {e})") from None
     if len(data) < 4:
         raise ValueError(f"{path}: too short for an IDX header ({len(data)} bytes)")
     if data[0] != 0 or data[1] != 0:
@@ -66,7 +67,10 @@ def read_idx(path):
         raise ValueError(f"{path}: truncated IDX header (need {hdr} bytes, file has {len(data)})")
     dims = tuple(int(d) for d in np.frombuffer(data, dtype=">u4", count=ndim, offset=4))
     dt = np.dtype(_IDX_DTYPES[code])
-    expected = hdr + int(np.prod(dims, dtype=np.int64)) * dt.itemsize
+    count = 1
+    for d in dims:   # Python ints: no silent int64 overflow for crafted dimensions
+        count *= d
+    expected = hdr + count * dt.itemsize
     if len(data) != expected:
         raise ValueError(f"{path}: IDX length mismatch: dimensions {dims} of {dt} need {expected} bytes, "
                          f"file has {len(data)} ({'truncated' if len(data) < expected else 'trailing data'})")

@@ -86,6 +86,8 @@ class Adam:
         return {"m": np.zeros(P, dtype), "v": np.zeros(P, dtype)}
 
     def entry(self, ws, params, grads, state):
+        if params.dtype.type(self.eps) == 0:
+            raise ValueError(f"{type(self).__name__}.eps: {self.eps!r} underflows to 0 in {params.dtype}")
         s = ws.slot
         return adam_entry, [s(params), s(grads), s(state["m"]), s(state["v"]), self.decoupled], \
             [self.beta1, self.beta2, self.eps, self.weight_decay]

@@ -19,6 +19,7 @@ import numpy as np
 from . import inputs
 from . import optim as O
 from ._threads import get_num_threads
+from .kernels import count_nonfinite
 
 
 def new_history():
@@ -115,6 +116,9 @@ def fit(model, X, y, epochs=1, batch_size=128, lr=None, optimizer=None, shuffle=
             if progress is not None:
                 progress(e, n, loss)
         secs = time.perf_counter() - t0
+        if count_nonfinite(plan.params):   # the loss is checked per step, the update per epoch (~0.3 ms)
+            raise FloatingPointError(f"training diverged: the parameters became NaN or inf during epoch {epoch + 1} "
+                                     f"(last step {model.step_count}); lower lr (now {lr_e}); nothing was saved")
         hist["epoch"].append(epoch + 1)
         hist["loss"].append(total / n)
         hist["accuracy"].append(correct / n if plan.loss.has_accuracy else None)

@@ -136,6 +136,8 @@ def adam(params, grads, m, v, step, lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8, w
     eps = _check.scalar("eps", eps, lo=0, lo_open=True)
     weight_decay = _check.scalar("weight_decay", weight_decay, lo=0)
     _flat(params, grads, ("m", m), ("v", v))
+    if params.dtype.type(eps) == 0:
+        raise ValueError(f"eps: {eps!r} underflows to 0 in {params.dtype}")
     if v.size and v.min() < 0:
         raise ValueError("v: Adam's second-moment buffer must be >= 0")
     adam_launch(params, grads, m, v, float(step), lr, beta1, beta2, eps, weight_decay, decoupled, nt)

@@ -47,3 +47,9 @@ def test_bench_json_small(tmp_path, capsys):
     res = json.loads(out.read_text())
     row = res["steps"][0]
     assert row["batch"] == 32 and row["fastbp_ms"] > 0 and row["floor_ms"] > 0 and row["numpy_ms"] > 0
+
+
+def test_train_threads_beyond_the_pool_is_a_clear_error(capsys):
+    rc = cli.main(["train", "--dataset", "sphere", "--threads", "100000", "--epochs", "1"])
+    assert rc == 2
+    assert "--threads" in capsys.readouterr().err

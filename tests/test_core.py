@@ -202,3 +202,42 @@ def test_readme_custom_layer_example_runs_in_user_njit_code(rng):
     ns["my_forward"](h1, h2, out, x, W1, b1, W2, b2, 2)
     ref = np.maximum(x @ W1 + b1, 0) ** 2 @ W2 + b2
     np.testing.assert_allclose(out, ref, rtol=1e-12, atol=1e-12)
+
+
+def test_adam_eps_that_underflows_in_float32_is_rejected(rng):
+    X, y = _data(rng, 32)
+    m = Model([Dense(4), Dense(3)])
+    with pytest.raises(ValueError, match="Adam.eps: 1e-300 underflows to 0 in float32"):
+        m.fit(X, y, optimizer=fastbp.Adam(eps=1e-300))
+    p = np.zeros(4, np.float32)
+    with pytest.raises(ValueError, match="eps: 1e-300 underflows"):
+        fastbp.kernels.adam(p, p.copy(), p.copy(), p.copy(), 1, eps=1e-300)
+
+
+def test_fit_refuses_non_finite_parameters_and_saves_nothing(rng, tmp_path):
+    X, y = _data(rng, 64)
+    m = Model([Dense(8, "relu"), Dense(3)])
+    ck = tmp_path / "ck.npz"
+    # one step per epoch: its loss is finite, then the update (lr 1e39, inf in float32) breaks the parameters
+    with pytest.raises(FloatingPointError, match="parameters became NaN or inf during epoch 1"):
+        m.fit(X, y, epochs=1, batch_size=64, lr=1e39, checkpoint=str(ck))
+    assert not ck.exists()
+    with pytest.raises(ValueError, match="refusing to write"):
+        m.save(tmp_path / "m.npz")
+
+
+def test_load_rejects_non_finite_and_misshaped_arrays(rng, tmp_path):
+    X, y = _data(rng, 64)
+    m = Model([Dense(8, "tanh"), Dense(3)])
+    m.fit(X, y, optimizer="adam")
+    path = tmp_path / "m.npz"
+    m.save(path)
+    z = dict(np.load(path))
+    bad = dict(z, params=np.where(np.arange(z["params"].size) == 3, np.nan, z["params"]).astype(np.float32))
+    np.savez(tmp_path / "nan.npz", **bad)
+    with pytest.raises(ValueError, match=r"nan.npz: array 'params' contains NaN or inf"):
+        Model.load(tmp_path / "nan.npz")
+    bad = dict(z, opt_m=z["opt_m"][:5])
+    np.savez(tmp_path / "shape.npz", **bad)
+    with pytest.raises(ValueError, match=r"shape.npz: array 'opt_m' has shape \(5,\)"):
+        Model.load(tmp_path / "shape.npz")
