@@ -6,12 +6,12 @@ cache (``$XDG_CACHE_HOME/fastbp/<name>``, default ``~/.cache/fastbp/<name>``) an
 ``/usr/share/datasets/<name>/`` (Debian's dataset-fashion-mnist package).
 """
 import gzip
-import zlib
 import hashlib
 import os
 import shutil
 import tempfile
 import urllib.request
+import zlib
 
 import numpy as np
 
