@@ -117,11 +117,12 @@ class Model:
         Returns ``(loss, grads)`` (``grads`` is the model's buffer, not a copy)."""
         X, y = self._xy(X, y)
         t = self.step_count + 1 if step is None else inputs.integer("step", step, 0)
-        ws = self._borrow(X.shape[0], self.training)
+        training = self.training
+        ws = self._borrow(X.shape[0], training)
         try:
             ws.x[...] = X
             ws.y[...] = y
-            loss = self.plan.run(ws, "grads", t, training=self.training, nt=get_num_threads())
+            loss = self.plan.run(ws, "grads", t, training=training, nt=get_num_threads())
         finally:
             self.plan.give_back(ws)
         return loss, self.plan.grads
@@ -133,11 +134,12 @@ class Model:
                              f"per batch, got {N}")
         return self.plan.borrow(N)
 
-    def _batches(self, X, batch_size, kind, y=None):
-        """Run ``kind`` over X in chunks; yields (start, ws, value).  Training-mode stochastic
-        layers see all rows as one batch."""
+    def _batches(self, X, batch_size, kind, training, y=None):
+        """Run ``kind`` over X in chunks; yields (start, ws, value).  ``training`` is passed in, never
+        read from or written to the model (concurrent calls must not see each other's mode).
+        Training-mode stochastic layers see all rows as one batch."""
         B = inputs.positive_int("batch_size", batch_size)
-        training = self.training and self.plan.stochastic
+        training = training and self.plan.stochastic
         if training:
             B = X.shape[0]
         nt = get_num_threads()
@@ -152,40 +154,34 @@ class Model:
             finally:
                 self.plan.give_back(ws)
 
-    def forward(self, X, batch_size=1024):
-        """Outputs of the last layer (logits for softmax_ce/sigmoid_bce) in the current mode."""
+    def _outputs(self, X, batch_size, training):
         X = self._x(X)
         out = np.empty((X.shape[0], self.output_dim), self.dtype)
-        for s, ws, _ in self._batches(X, batch_size, "forward"):
+        for s, ws, _ in self._batches(X, batch_size, "forward", training):
             out[s:s + ws.N] = ws.outs[-1]
         return out
 
+    def forward(self, X, batch_size=1024):
+        """Outputs of the last layer (logits for softmax_ce/sigmoid_bce) in the current mode."""
+        return self._outputs(X, batch_size, self.training)
+
     def predict_proba(self, X, batch_size=1024):
         """Class probabilities (softmax_ce), sigmoid probabilities (sigmoid_bce) or outputs (mse); eval mode."""
-        X = self._x(X)
-        was, self.training = self.training, False
-        try:
-            z = self.forward(X, batch_size)
-        finally:
-            self.training = was
+        z = self._outputs(X, batch_size, training=False)
         return self.plan.loss.proba(z).astype(self.dtype, copy=False)
 
     def predict(self, X, batch_size=1024):
         """Class labels (softmax_ce), 0/1 (sigmoid_bce, threshold 0.5) or outputs (mse); eval mode."""
-        return self.plan.loss.predict(self.predict_proba(X, batch_size)) if self.built else \
-            self.predict_proba(X, batch_size)
+        p = self.predict_proba(X, batch_size)
+        return self.plan.loss.predict(p)
 
     def evaluate(self, X, y, batch_size=1024):
         """Mean loss and accuracy (classification) in eval mode: {'loss': ..., 'accuracy': ...}."""
         X, y = self._xy(X, y)
-        was, self.training = self.training, False
         total, correct = 0.0, 0.0
-        try:
-            for _, ws, loss in self._batches(X, batch_size, "evaluate", y):
-                total += loss * ws.N
-                correct += float(ws.stats[1])
-        finally:
-            self.training = was
+        for _, ws, loss in self._batches(X, batch_size, "evaluate", False, y):
+            total += loss * ws.N
+            correct += float(ws.stats[1])
         res = {"loss": total / X.shape[0]}
         if self.plan.loss.has_accuracy:
             res["accuracy"] = correct / X.shape[0]

@@ -118,7 +118,7 @@ def test_concurrent_predict_from_four_threads_equals_serial(rng):
 
     def work(k):
         try:
-            for r in range(12):
+            for r in range(30):
                 i = (k + r) % 7
                 if not np.array_equal(m.predict_proba(X[i::7], batch_size=97), serial[i]):
                     errors.append((k, r))
@@ -241,3 +241,24 @@ def test_load_rejects_non_finite_and_misshaped_arrays(rng, tmp_path):
     np.savez(tmp_path / "shape.npz", **bad)
     with pytest.raises(ValueError, match=r"shape.npz: array 'opt_m' has shape \(5,\)"):
         Model.load(tmp_path / "shape.npz")
+
+
+def test_inference_never_writes_the_models_mode(rng):
+    """Concurrent callers must not see each other's mode: predict/evaluate/loss_and_grads take the
+    mode as an argument and never flip ``model.training`` (flipping it raced under load)."""
+    writes = []
+
+    class Watched(Model):
+        training = property(lambda self: self.__dict__["_training"],
+                            lambda self, v: (writes.append(v), self.__dict__.__setitem__("_training", v)))
+
+    X, y = _data(rng, 64)
+    m = Watched([Dense(8), BatchNorm("tanh"), Dropout(0.2), Dense(3)])
+    m.fit(X, y, epochs=1)
+    writes.clear()
+    m.predict_proba(X)
+    m.predict(X)
+    m.evaluate(X, y)
+    m.loss_and_grads(X, y)
+    m.forward(X)
+    assert writes == [] and m.training is True
