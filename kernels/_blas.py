@@ -413,11 +413,12 @@ if JIT_DISABLED:
         """Pure-Python mode: numpy's matmul, same semantics as the jitted ``gemm``."""
         a = A.T if trans_a else A
         b = B.T if trans_b else B
-        prod = (a @ b).astype(C.dtype, copy=False) * C.dtype.type(alpha)
-        if beta == 0:
-            C[...] = prod
-        else:
-            C[...] = prod + C.dtype.type(beta) * C
+        with np.errstate(over="ignore", invalid="ignore"):   # IEEE results without warnings, as BLAS
+            prod = (a @ b).astype(C.dtype, copy=False) * C.dtype.type(alpha)
+            if beta == 0:
+                C[...] = prod
+            else:
+                C[...] = prod + C.dtype.type(beta) * C
 else:
     @jit
     def gemm(C, A, B, trans_a, trans_b, alpha, beta):

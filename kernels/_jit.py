@@ -56,9 +56,11 @@ def modular(fn):
 
 if JIT_DISABLED:
     def cast_like(value, like):
-        """Pure-Python fallback: ``value`` as a scalar of ``like``'s dtype."""
+        """Pure-Python fallback: ``value`` as a scalar of ``like``'s dtype (overflow to inf, silently,
+        as LLVM's conversion does)."""
         dt = like.dtype if isinstance(like, np.ndarray) else np.asarray(like).dtype
-        return dt.type(value)
+        with np.errstate(over="ignore"):
+            return dt.type(value)
 else:
     @intrinsic
     def cast_like(typingctx, value, like):

@@ -108,6 +108,7 @@ def test_per_layer_access_summary_and_repr():
         L0.gamma
 
 
+@pytest.mark.jit   # in pure-Python mode the GIL serialises everything (and it takes minutes)
 def test_concurrent_predict_from_four_threads_equals_serial(rng):
     X, y = _data(rng, 3000)
     m = Model([Dense(64, "tanh"), BatchNorm("relu"), Dense(3)])
