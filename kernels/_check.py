@@ -10,7 +10,7 @@ from ._jit import JIT_DISABLED, jit
 from .validate import flag, integer, max_threads, real, scalar, threads  # noqa: F401  (one import point)
 
 
-def modular_nonfinite(fn):
+def _jit_or_numpy(fn):
     """``count_nonfinite``: jitted; in pure-Python mode numpy's isfinite (``inf - inf`` would warn)."""
     if JIT_DISABLED:
         return lambda flat: int(np.count_nonzero(~np.isfinite(flat)))
@@ -19,7 +19,7 @@ def modular_nonfinite(fn):
 FLOATS = (np.float32, np.float64)
 
 
-@modular_nonfinite
+@_jit_or_numpy
 def count_nonfinite(flat):
     """Number of NaN/inf entries of a 1-D array (jitted; documented helper)."""
     n = 0

@@ -34,24 +34,26 @@ JIT_DISABLED = bool(config.DISABLE_JIT)
 
 
 def jit(fn=None, *, parallel=False, inline="never"):
-    """Compile ``fn`` with fastbp's options (``parallel`` for prange kernels)."""
+    """Compile ``fn`` with fastbp's options (``parallel`` for prange kernels).
+
+    In pure-Python mode the function runs as Python under ``np.errstate(all="ignore")``, so that
+    it behaves like the machine code: IEEE results (inf, NaN, uint64 wrap-around) and no warnings."""
     def wrap(f):
+        if JIT_DISABLED:
+            return _as_machine(f)
         return njit(parallel=parallel, inline=inline, **JIT_OPTIONS)(f)
     return wrap(fn) if fn is not None else wrap
 
 
-def modular(fn):
-    """For functions whose uint64 arithmetic wraps on purpose (hashes): in pure-Python mode,
-    numpy would warn on every wrap, so run them with overflow warnings off.  No-op when jitted."""
-    if not JIT_DISABLED:
-        return fn
+def _as_machine(f):
     import functools
 
-    @functools.wraps(fn)
-    def wrapped(*args):
-        with np.errstate(over="ignore", under="ignore"):
-            return fn(*args)
-    return wrapped
+    @functools.wraps(f)
+    def run(*args):
+        with np.errstate(all="ignore"):
+            return f(*args)
+    run.py_func = f
+    return run
 
 
 if JIT_DISABLED:

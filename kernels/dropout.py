@@ -18,7 +18,7 @@ import numpy as np
 from numba import prange
 
 from . import _check
-from ._jit import cast_like, jit, modular
+from ._jit import cast_like, jit
 from ._parallel import split
 from .activation import IDENTITY, act_grad_block
 
@@ -31,7 +31,6 @@ _S31 = np.uint64(31)
 _S40 = np.uint64(40)
 
 
-@modular
 @jit
 def _mix(z):
     z = (z ^ (z >> _S30)) * _M1
@@ -39,7 +38,6 @@ def _mix(z):
     return z ^ (z >> _S31)
 
 
-@modular
 @jit
 def stream_key(seed, step, layer):
     """Key of one dropout call: distinct (seed, step, layer) give independent masks."""
@@ -54,7 +52,6 @@ def keep_threshold(p):
     return np.uint64(int(p * 16777216.0 + 0.5))
 
 
-@modular
 @jit
 def dropout_block(out, x, key, thresh, scale, r0, r1, row0):
     """out[r] = x[r] * keep / (1 - p) for rows [r0, r1), overwriting (out may be x)."""

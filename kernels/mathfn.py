@@ -27,7 +27,7 @@ from llvmlite import ir
 from numba import types
 from numba.extending import intrinsic, overload
 
-from ._jit import JIT_DISABLED, JIT_OPTIONS, jit, modular
+from ._jit import JIT_DISABLED, JIT_OPTIONS, jit
 
 if JIT_DISABLED:
     def _i32_as_f32(i):
@@ -142,9 +142,8 @@ def sigmoid_f64(x):
     return e / (1.0 + e)
 
 
-if JIT_DISABLED:   # pure-Python mode: IEEE overflow to inf as in jitted code, without numpy warnings
-    exp_f32, tanh_f32, sigmoid_f32 = modular(exp_f32), modular(tanh_f32), modular(sigmoid_f32)
-    exp_f64 = modular(lambda x: float(np.exp(np.float64(x))))
+if JIT_DISABLED:   # pure-Python mode: math.exp raises OverflowError where machine code gives inf
+    exp_f64 = jit(lambda x: float(np.exp(np.float64(x))))
 
 
 def _dispatching(name, f32, f64):
