@@ -75,6 +75,10 @@ def build_parser():
     e.add_argument("--data-dir", default=None)
     e.add_argument("--subset", type=_positive(int), default=None, help="regularizers: use the first N samples")
 
+    w = sub.add_parser("warmup", help="compile every kernel ahead of time (numba caches the machine code on disk)")
+    w.add_argument("--dtype", choices=["float32", "float64", "both"], default="float32",
+                   help="which precision to compile for (default: %(default)s)")
+
     pl = sub.add_parser("plot", help="draw loss/accuracy curves of a saved history (JSON or CSV)")
     pl.add_argument("history", nargs="+")
     pl.add_argument("--out", default=None, help="PNG path (default: next to the first history)")
@@ -204,6 +208,9 @@ def cmd_train(args):
                f"{100 * h['val_accuracy'][-1]:>8.2f}% {h['seconds'][-1]:>8.2f} {h['samples_per_s'][-1]:>10.0f}")
         rows.append(row)
         print(row, flush=True)
+        if h["compile_seconds"][-1] > 0.5:
+            print(f"      (kernels compiled in {h['compile_seconds'][-1]:.1f} s, not counted in the epoch time)",
+                  flush=True)
 
     h = model.fit(X, y, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, optimizer=args.optimizer,
                   seed=args.seed, validation_data=(Xt, yt), progress=progress, on_epoch=on_epoch)
@@ -214,6 +221,16 @@ def cmd_train(args):
         from fastbp.history import save_history
         save_history(h, args.history)
         print(f"wrote {args.history}")
+    return 0
+
+
+def cmd_warmup(args):
+    import sys as _sys
+
+    from fastbp.warmup import warmup
+    dtypes = ("float32", "float64") if args.dtype == "both" else (args.dtype,)
+    secs = warmup(dtypes, progress=_sys.stderr.isatty())
+    print(f"compiled (or loaded from numba's cache) every kernel for {', '.join(dtypes)} in {secs:.1f} s")
     return 0
 
 
@@ -232,7 +249,7 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     t0 = time.perf_counter()
     rc = {"train": cmd_train, "bench": cmd_bench, "gradcheck": cmd_gradcheck, "experiment": cmd_experiment,
-          "plot": cmd_plot}[args.command](args)
+          "plot": cmd_plot, "warmup": cmd_warmup}[args.command](args)
     if args.command == "train":
         print(f"total {time.perf_counter() - t0:.1f} s")
     return rc

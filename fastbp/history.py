@@ -3,7 +3,8 @@ import csv
 import json
 import os
 
-EPOCH_KEYS = ("epoch", "loss", "accuracy", "val_loss", "val_accuracy", "seconds", "samples_per_s", "lr")
+EPOCH_KEYS = ("epoch", "loss", "accuracy", "val_loss", "val_accuracy", "seconds", "samples_per_s", "lr",
+              "compile_seconds")
 
 
 def save_history(history, path):

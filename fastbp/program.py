@@ -17,6 +17,10 @@ An entry returns its contribution to the program's value (losses return the loss
 whole training step of *any* layer mix is one jitted call from Python: no per-layer dispatch
 and no allocation.  With ``NUMBA_DISABLE_JIT=1`` the same code runs as plain Python.
 """
+import sys
+import threading
+import time
+
 import numpy as np
 from numba import from_dtype, types
 from numba.core.types.function_type import CompileResultWAP
@@ -34,6 +38,40 @@ def entry_signature(dtype):
 
 
 _COMPILED = {}   # (entry function, dtype name) -> first-class function value
+
+#: seconds spent compiling (or loading from numba's cache) entries in this process
+compile_seconds = [0.0]
+NOTICE_AFTER = 1.0   # seconds: a compile that takes longer than this says so on stderr, once
+
+
+class _Notice:
+    """Prints one line if compiling takes longer than NOTICE_AFTER (i.e. numba's cache was cold)."""
+    shown = False
+
+    def __init__(self, dtype):
+        self.dtype = np.dtype(dtype).name
+        self.timer = threading.Timer(NOTICE_AFTER, self._say)
+        self.timer.daemon = True
+
+    def _say(self):
+        if not _Notice.shown:
+            _Notice.shown = True
+            sys.stderr.write(f"fastbp: compiling kernels for {self.dtype} (first run only; cached afterwards, "
+                             f"about 10-20 s; `fastbp warmup` does it ahead of time)...\n")
+            sys.stderr.flush()
+
+    def __enter__(self):
+        self.t0 = time.perf_counter()
+        self.timer.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.timer.cancel()
+        dt = time.perf_counter() - self.t0
+        compile_seconds[0] += dt
+        if self.timer.finished.is_set() and _Notice.shown and dt > NOTICE_AFTER:
+            sys.stderr.write(f"fastbp: compiled in {dt:.1f} s\n")
+            sys.stderr.flush()
 
 
 def _compiled(fn, dtype):
@@ -90,7 +128,9 @@ class Program:
         entries = [e for e in entries if e is not None]
         self.names = [fn.__name__ for fn, _, _ in entries]
         ft = None if JIT_DISABLED else types.FunctionType(entry_signature(dtype))
-        self.fns = typed_list([_compiled(fn, dtype) for fn, _, _ in entries], ft)
+        with _Notice(dtype):
+            fns = [_compiled(fn, dtype) for fn, _, _ in entries]
+            self.fns = typed_list(fns, ft)
         self.ias = typed_list([np.asarray(ia, np.int64) for _, ia, _ in entries],
                               None if JIT_DISABLED else types.int64[::1])
         self.fas = typed_list([np.asarray(fa, np.float64) for _, _, fa in entries],

@@ -20,11 +20,12 @@ from . import inputs
 from . import optim as O
 from ._threads import get_num_threads
 from .kernels import count_nonfinite
+from .program import compile_seconds
 
 
 def new_history():
     return {"epoch": [], "loss": [], "accuracy": [], "seconds": [], "samples_per_s": [], "lr": [],
-            "val_loss": [], "val_accuracy": []}
+            "val_loss": [], "val_accuracy": [], "compile_seconds": []}
 
 
 def _batch_bounds(n, B, min_rows):
@@ -50,7 +51,8 @@ def fit(model, X, y, epochs=1, batch_size=128, lr=None, optimizer=None, shuffle=
         validation_data=None, schedule=None, progress=None, on_epoch=None, checkpoint=None,
         track_grad_norms=False, grad_norm_every=1):
     """Train ``model``; returns the history dict (lists per epoch: loss, accuracy, seconds, lr,
-    and val_loss / val_accuracy with ``validation_data``).
+    compile_seconds, and val_loss / val_accuracy with ``validation_data``).  ``seconds`` excludes
+    first-run kernel compilation, which is reported as ``compile_seconds``.
 
     ``optimizer``: name or instance (copied; default: the model's, else SGD); ``lr`` overrides its
     rate.  ``schedule``: callable epoch -> lr multiplier (see fastbp.optim).  ``progress``: callable
@@ -80,6 +82,7 @@ def fit(model, X, y, epochs=1, batch_size=128, lr=None, optimizer=None, shuffle=
     fuse = not track_grad_norms   # grad norms need the gradients: no fused SGD then
     base_lr = opt.lr
     hist = model.history if (model.history is not None and model.epochs_done) else new_history()
+    hist.setdefault("compile_seconds", [])
     if track_grad_norms:
         hist.setdefault("grad_norms", [])
     model.history = hist
@@ -96,7 +99,7 @@ def fit(model, X, y, epochs=1, batch_size=128, lr=None, optimizer=None, shuffle=
         lr_e = inputs.real("schedule(epoch) * lr", lr_e, lo=0)
         rng = np.random.default_rng([seed, epoch])
         order = rng.permutation(n) if shuffle else np.arange(n)
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), compile_seconds[0]
         total, correct = 0.0, 0.0
         for s, e in bounds:
             idx = order[s:e]
@@ -115,7 +118,8 @@ def fit(model, X, y, epochs=1, batch_size=128, lr=None, optimizer=None, shuffle=
             correct += float(ws.stats[1])
             if progress is not None:
                 progress(e, n, loss)
-        secs = time.perf_counter() - t0
+        compiled = compile_seconds[0] - c0   # first-run kernel compilation, reported apart
+        secs = time.perf_counter() - t0 - compiled
         if count_nonfinite(plan.params):   # the loss is checked per step, the update per epoch (~0.3 ms)
             raise FloatingPointError(f"training diverged: the parameters became NaN or inf during epoch {epoch + 1} "
                                      f"(last step {model.step_count}); lower lr (now {lr_e}); nothing was saved")
@@ -125,6 +129,7 @@ def fit(model, X, y, epochs=1, batch_size=128, lr=None, optimizer=None, shuffle=
         hist["seconds"].append(secs)
         hist["samples_per_s"].append(n / secs if secs > 0 else float("inf"))
         hist["lr"].append(lr_e)
+        hist["compile_seconds"].append(compiled)
         if val is not None:
             ev = model.evaluate(*val)
             model.train()

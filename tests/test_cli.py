@@ -53,3 +53,18 @@ def test_train_threads_beyond_the_pool_is_a_clear_error(capsys):
     rc = cli.main(["train", "--dataset", "sphere", "--threads", "100000", "--epochs", "1"])
     assert rc == 2
     assert "--threads" in capsys.readouterr().err
+
+
+def test_warmup_compiles_and_reports(capsys):
+    assert cli.main(["warmup", "--dtype", "float64"]) == 0
+    assert "compiled (or loaded from numba's cache) every kernel for float64" in capsys.readouterr().out
+
+
+def test_compile_time_is_reported_apart_from_epoch_time(rng):
+    import numpy as np
+
+    from fastbp import Dense, Model
+    X = rng.standard_normal((40, 3)).astype(np.float32)
+    h = Model([Dense(4, "tanh"), Dense(2)]).fit(X, (X[:, 0] > 0).astype(np.int64), epochs=2)
+    assert len(h["compile_seconds"]) == 2 and all(c >= 0 for c in h["compile_seconds"])
+    assert h["compile_seconds"][1] == 0, "nothing new to compile in epoch 2"
