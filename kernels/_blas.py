@@ -34,8 +34,7 @@ Backends (``FASTBP_BLAS`` = ``auto`` | ``blis`` | ``openblas`` | ``mkl``):
   CPUs (e.g. AMD Zen 5 is "generic", ~40 GFLOP/s), so on a CPU with AVX-512 F/DQ/BW/VL we build
   its ``skx`` (AVX-512) kernel context ourselves and pass it to every call.
 * ``openblas``: SciPy's bundled OpenBLAS through ``scipy.linalg.cython_blas`` (SciPy's own copy,
-  not numpy's).  Each call first sets one thread *for the calling thread only*
-  (``openblas_set_num_threads_local``), so no library's global setting changes.
+  not numpy's); binding sets *its* thread count to 1 (see ``_load_openblas``).
 * ``mkl``: ``libmkl_rt`` from PyPI's ``mkl``, sequential layer.
 
 ``auto`` = blis when the CPU has AVX-512 and ``blis`` imports, else openblas.
@@ -78,30 +77,25 @@ def _capsule_address(capsule):
 
 
 def _load_openblas():
-    """(sgemm, dgemm, library path, address of openblas_set_num_threads_local or None).
+    """(sgemm, dgemm, library path, None).  SciPy's bundled OpenBLAS is set to one thread.
 
-    With the thread-local setter (OpenBLAS >= 0.3.27, as SciPy ships it) the shim makes each of
-    fastbp's own calls single-threaded and SciPy's global setting is left alone; with an older
-    OpenBLAS the only way is the global setting of SciPy's copy, which is then set to 1 thread."""
+    That is a global setting of SciPy's own copy (numpy's OpenBLAS is a different library and is
+    not touched), made when this backend binds, not at import.  OpenBLAS's
+    ``openblas_set_num_threads_local`` was tried for per-call single threading: in SciPy's build it
+    changes the process-wide count, so concurrent set/restore pairs from numba's threads raced and
+    left it at 1 in 3 of 4 runs."""
     import scipy
     from scipy.linalg import cython_blas
+    from threadpoolctl import ThreadpoolController
     s = _capsule_address(cython_blas.__pyx_capi__["sgemm"])
     d = _capsule_address(cython_blas.__pyx_capi__["dgemm"])
     root = os.path.dirname(os.path.dirname(scipy.__file__))
-    hits = sorted(glob.glob(os.path.join(root, "scipy.libs", "*openblas*.so*")))
-    path, local = (hits[0] if hits else None), None
-    if path is not None:
-        lib = ctypes.CDLL(path)
-        if hasattr(lib, "openblas_set_num_threads_local"):
-            _KEEP.append(lib)
-            local = ctypes.cast(lib.openblas_set_num_threads_local, ctypes.c_void_p).value
-    if local is None:   # pragma: no cover - old OpenBLAS builds only
-        from threadpoolctl import ThreadpoolController
-        for c in ThreadpoolController().lib_controllers:
-            if c.user_api == "blas" and c.filepath.startswith(root) and "scipy.libs" in c.filepath:
-                c.set_num_threads(1)
-                path = c.filepath
-    return s, d, path, local
+    path = None
+    for c in ThreadpoolController().lib_controllers:
+        if c.user_api == "blas" and c.filepath.startswith(root) and "scipy.libs" in c.filepath:
+            c.set_num_threads(1)
+            path = c.filepath
+    return s, d, path, None
 
 
 def _load_mkl():
@@ -214,12 +208,9 @@ def bind():
                 llvm.add_symbol("fastbp_blis_cntx", cntx)
                 backend, shim = "blis", _blis_shim
         if backend is None:
-            s, d, path, local = _load_mkl() if want == "mkl" else _load_openblas()
+            s, d, path, _ = _load_mkl() if want == "mkl" else _load_openblas()
             llvm.add_symbol("fastbp_f77_sgemm", s)
             llvm.add_symbol("fastbp_f77_dgemm", d)
-            if local is not None:
-                llvm.add_symbol("fastbp_blas_threads_local", local)
-                shim = _f77_local_shim
             backend = "mkl" if want == "mkl" else "openblas"
         addrs = []
         for ft in (types.float32, types.float64):
@@ -380,28 +371,6 @@ if not JIT_DISABLED:
             tb, ldb = _T, (csb if n > 1 else k)
         _call_f77(tb, ta, n, m, k, alpha, b, max(ldb, 1), a, max(lda, 1), beta, c, max(rsc if m > 1 else n, 1))
 
-
-    @intrinsic
-    def _call_threads_local(typingctx, n):
-        """``fastbp_blas_threads_local(n)``: OpenBLAS's thread count for the calling thread only;
-        returns the previous one."""
-        if not isinstance(n, types.Integer):
-            return None
-
-        def codegen(context, builder, signature, args):
-            i32 = ir.IntType(32)
-            fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(i32, [i32]),
-                                                "fastbp_blas_threads_local")
-            return builder.call(fn, [_scalar(builder, signature.args[0], args[0], 32)])
-
-        return types.int32(n), codegen
-
-    _f77_gemm = jit(_f77_shim)   # the same body, callable from the shim below
-
-    def _f77_local_shim(m, n, k, alpha, a, rsa, csa, b, rsb, csb, beta, c, rsc, csc):
-        prev = _call_threads_local(1)   # this call single-threaded, then the thread's setting restored:
-        _f77_gemm(m, n, k, alpha, a, rsa, csa, b, rsb, csb, beta, c, rsc, csc)
-        _call_threads_local(prev)       # no thread's or library's setting changes outside fastbp's calls
 
     def _blis_shim(m, n, k, alpha, a, rsa, csa, b, rsb, csb, beta, c, rsc, csc):
         _call_blis(m, n, k, alpha, a, rsa, csa, b, rsb, csb, beta, c, rsc, csc)
