@@ -88,11 +88,6 @@ class Plan:
             if len(free) < 4 and len(self._pool) <= 8:
                 free.append(ws)
 
-    def forget_programs(self):
-        """Drop compiled programs (after the optimizer or its state changed)."""
-        for ws in list(self._train_ws.values()):
-            ws.programs.clear()
-
     # -------------------------------------------------------------------- schedule
     def program(self, ws, kind, optimizer=None, opt_state=None, count=True, fuse=True):
         """THE schedule.  ``kind``: 'train' | 'grads' | 'forward' | 'evaluate'.  ``fuse``: allow

@@ -136,6 +136,9 @@ class Program:
         self.fas = typed_list([np.asarray(fa, np.float64) for _, _, fa in entries],
                               None if JIT_DISABLED else types.float64[::1])
 
+    def __repr__(self):
+        return f"Program({', '.join(self.names)})"
+
     def run(self, ws, t, lr, training, nt):
         return run_program(self.fns, self.ias, self.fas, ws.a2, ws.a1, ws.ai, ws.af, t, float(lr),
                            bool(training), nt)
