@@ -1,6 +1,4 @@
 """Checks and conversions of user data (X, y, batch sizes) before anything runs."""
-import numbers
-
 import numpy as np
 
 from .kernels import count_nonfinite
@@ -38,11 +36,3 @@ def targets(loss, y, n, C, dtype, name="y"):
     if y.shape[0] != n:
         raise ValueError(f"{name}: expected {n} rows like X, got {y.shape[0]}")
     return loss.check_targets(y, n, C, dtype, name)
-
-
-def real(name, v, lo=None):
-    if isinstance(v, (bool, np.bool_)) or not isinstance(v, numbers.Real) or not np.isfinite(float(v)):
-        raise ValueError(f"{name}: expected a finite number, got {v!r}")
-    if lo is not None and float(v) < lo:
-        raise ValueError(f"{name}: expected a number >= {lo}, got {v!r}")
-    return float(v)

@@ -116,9 +116,7 @@ class Plan:
             fuse=True):
         """Run one program on the batch already in ``ws.x`` / ``ws.y``; returns the loss (or 0)."""
         bind_blas()
-        prog = self.program(ws, kind, optimizer, opt_state, count, fuse)
-        ws.finish()
-        return prog.run(ws, t, lr, training, nt)
+        return self.program(ws, kind, optimizer, opt_state, count, fuse).run(ws, t, lr, training, nt)
 
 
 def _optimizer_key(opt):

@@ -36,15 +36,14 @@ def _batch_bounds(n, B, min_rows):
 
 
 def _set_optimizer(model, optimizer, lr):
-    if optimizer is not None or model.optimizer is None:
-        new = O.make(optimizer if optimizer is not None else "sgd", lr)
-        if model.optimizer is None or O.to_dict(new) != O.to_dict(model.optimizer):
-            if model.optimizer is None or type(new) is not type(model.optimizer) or \
-                    getattr(new, "momentum", None) != getattr(model.optimizer, "momentum", None):
-                model.opt_state = new.init_state(model.params.size, model.dtype)
-            model.optimizer = new
-    elif lr is not None:
-        model.optimizer = O.make(model.optimizer, lr)
+    """The model's optimizer becomes a copy of ``optimizer`` (default: its own, else SGD) with ``lr``;
+    the optimizer state is kept when the new one's state has the same layout, else started afresh."""
+    new = O.make(optimizer if optimizer is not None else (model.optimizer or "sgd"), lr)
+    fresh = new.init_state(model.params.size, model.dtype)
+    old = model.opt_state if type(new) is type(model.optimizer) else {}
+    if {k: v.shape for k, v in fresh.items()} != {k: v.shape for k, v in old.items()}:
+        model.opt_state = fresh
+    model.optimizer = new
 
 
 def fit(model, X, y, epochs=1, batch_size=128, lr=None, optimizer=None, shuffle=True, seed=None,
@@ -96,7 +95,7 @@ def fit(model, X, y, epochs=1, batch_size=128, lr=None, optimizer=None, shuffle=
     end_epoch = epochs if checkpoint is not None else start_epoch + epochs
     for epoch in range(start_epoch, end_epoch):
         lr_e = base_lr * (schedule(epoch) if schedule else 1.0)
-        lr_e = inputs.real("schedule(epoch) * lr", lr_e, lo=0)
+        lr_e = O.check_lr(lr_e, "schedule(epoch) * lr")
         rng = np.random.default_rng([seed, epoch])
         order = rng.permutation(n) if shuffle else np.arange(n)
         t0, c0 = time.perf_counter(), compile_seconds[0]
