@@ -119,9 +119,28 @@ def bench_training_step(benchmark, rng, impl, batch):
     benchmark(step)
 
 
-def bench_fashion_mnist_epoch(benchmark):
+def shuffled_batches(X, y, B, seed=0):
+    """A user's streaming source: a new shuffle per epoch, each batch gathered as it is asked for."""
+    rng = np.random.default_rng(seed)
+
+    def epoch():
+        order = rng.permutation(X.shape[0])
+        for s in range(0, X.shape[0], B):
+            idx = order[s:s + B]
+            yield X[idx], y[idx]
+    return epoch
+
+
+@pytest.mark.parametrize("source", ["arrays", "stream"])
+def bench_fashion_mnist_epoch(benchmark, source):
+    """One epoch at batch 128 from in-memory arrays, or streamed from a generator (target: the
+    stream within 10% of the arrays)."""
     from fastbp import data
     (X, y), _ = data.load_fashion_mnist()
     m = fastbp.Model([fastbp.Dense(512, "tanh"), fastbp.Dense(512, "tanh"), fastbp.Dense(10)])
     m.fit(X[:512], y[:512], epochs=1)
-    benchmark.pedantic(lambda: m.fit(X, y, epochs=1, batch_size=128, lr=0.1), rounds=3, iterations=1)
+    if source == "arrays":
+        benchmark.pedantic(lambda: m.fit(X, y, epochs=1, batch_size=128, lr=0.1), rounds=3, iterations=1)
+    else:
+        stream = shuffled_batches(X, y, 128)
+        benchmark.pedantic(lambda: m.fit(stream, epochs=1, lr=0.1), rounds=3, iterations=1)

@@ -1,10 +1,13 @@
-"""Checkpoints: an .npz of arrays plus JSON metadata (no pickle), written atomically.
+"""Checkpoints: an .npz of arrays plus JSON metadata (no pickle), written atomically; or a
+``.safetensors`` file (PyTorch-named weights from fastbp.interop, ``optimizer.*`` state, the
+same JSON metadata under the ``fastbp`` key).
 
 Arrays: ``params`` (the flat buffer), ``state{i}_{name}`` (op i's running statistics),
 ``opt_{name}`` (optimizer state), ``meta_json`` (architecture, counters, optimizer, history).
 The same content is what ``pickle``/``copy.deepcopy`` of a model carry (``to_state``).
 """
 import glob
+import io
 import json
 import os
 import tempfile
@@ -43,30 +46,24 @@ def _meta(model):
             "history": model.history, "training": model.training}
 
 
-def save(model, path):
-    """Write ``path`` atomically (temp file in the same folder, fsync, rename).  Refuses
-    non-finite parameters; removes stale temp files of earlier killed saves."""
-    if not model.built:
-        raise ValueError("save: the model has no parameters yet (call fit or build first)")
-    if count_nonfinite(model.params):
-        raise ValueError("save: the parameters contain NaN or inf; refusing to write a broken checkpoint")
-    arrays = _arrays(model, copy=False)
-    arrays["meta_json"] = np.frombuffer(json.dumps(_meta(model)).encode(), dtype=np.uint8)
+def write_atomic(path, data, kind):
+    """Write bytes to ``path`` atomically (temp file in the same folder, fsync, rename); first
+    removes temp files of earlier killed writes older than an hour."""
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder):
         raise FileNotFoundError(f"{path}: folder {folder} does not exist")
     now = time.time()
-    for old in glob.glob(os.path.join(folder, ".fastbp-*.npz.tmp")):
+    for old in glob.glob(os.path.join(folder, ".fastbp-*.tmp")):
         try:
             if now - os.path.getmtime(old) > _STALE_SECONDS:
                 os.unlink(old)
         except OSError:
             pass
-    fd, tmp = tempfile.mkstemp(prefix=".fastbp-", suffix=".npz.tmp", dir=folder)
+    fd, tmp = tempfile.mkstemp(prefix=".fastbp-", suffix=kind + ".tmp", dir=folder)
     try:
         with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -77,7 +74,59 @@ def save(model, path):
     return path
 
 
+def is_safetensors(path):
+    return os.fspath(path).endswith(".safetensors")
+
+
+def save(model, path):
+    """Write ``path`` atomically: ``.safetensors`` (PyTorch-named weights, see fastbp.interop,
+    plus ``optimizer.*`` state and JSON metadata) or else the npz format.  Refuses non-finite
+    parameters; removes stale temp files of earlier killed saves."""
+    if not model.built:
+        raise ValueError("save: the model has no parameters yet (call fit or build first)")
+    if count_nonfinite(model.params):
+        raise ValueError("save: the parameters contain NaN or inf; refusing to write a broken checkpoint")
+    meta = json.dumps(_meta(model))
+    if is_safetensors(path):
+        from safetensors.numpy import save as st_save
+
+        from .interop import state_dict
+        tensors = state_dict(model)
+        tensors.update({f"optimizer.{k}": np.ascontiguousarray(v) for k, v in model.opt_state.items()})
+        return write_atomic(path, st_save(tensors, metadata={"fastbp": meta}), ".safetensors")
+    arrays = _arrays(model, copy=False)
+    arrays["meta_json"] = np.frombuffer(meta.encode(), dtype=np.uint8)
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    return write_atomic(path, buf.getbuffer(), ".npz")
+
+
+def _read_safetensors(path):
+    """(arrays in the npz layout, meta) from a .safetensors file: the weights are checked by
+    loading them into a model of the stored architecture."""
+    from safetensors import SafetensorError, safe_open
+
+    from .interop import load_state_dict
+    try:
+        with safe_open(path, framework="np") as f:
+            meta = json.loads((f.metadata() or {})["fastbp"])
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except (SafetensorError, OSError, KeyError, ValueError, UnicodeDecodeError) as e:
+        if isinstance(e, FileNotFoundError):
+            raise
+        raise ValueError(f"{path}: not a valid fastbp safetensors file ({type(e).__name__}: {e})") from None
+    m = _model_from(meta, path)
+    weights = {k: v for k, v in tensors.items() if not k.startswith("optimizer.")}
+    load_state_dict(m, weights, source=path)
+    arrays = _arrays(m, copy=False)
+    arrays.update({f"opt_{k[len('optimizer.'):]}": v for k, v in tensors.items() if k.startswith("optimizer.")})
+    return arrays, meta
+
+
 def read(path):
+    """(arrays, meta) of a checkpoint; ValueError naming the file on anything malformed."""
+    if is_safetensors(path):
+        return _read_safetensors(path)
     try:
         with open(path, "rb") as f, np.load(f, allow_pickle=False) as z:
             arrays = {k: z[k] for k in z.files}
@@ -92,16 +141,24 @@ def read(path):
     return arrays, meta
 
 
-def load(cls, path):
-    arrays, meta = read(path)
-    a = meta["architecture"]
+def _model_from(meta, path, cls=None):
+    a = meta.get("architecture") if isinstance(meta, dict) else None
+    if not isinstance(a, dict):
+        raise ValueError(f"{path}: not a valid fastbp checkpoint (missing architecture metadata)")
     if a.get("format") not in (1, FORMAT_VERSION):
         raise ValueError(f"{path}: unsupported checkpoint format {a.get('format')!r}")
+    if cls is None:
+        from .model import Model as cls
     try:
         specs = [L.spec_from_dict(d) for d in a["layers"]]
-        m = cls(specs, loss=a["loss"], input_dim=a["input_dim"], dtype=a["dtype"], seed=a["seed"])
+        return cls(specs, loss=a["loss"], input_dim=a["input_dim"], dtype=a["dtype"], seed=a["seed"])
     except (TypeError, KeyError, ValueError, AttributeError) as e:
         raise ValueError(f"{path}: invalid architecture in checkpoint ({type(e).__name__}: {e})") from None
+
+
+def load(cls, path):
+    arrays, meta = read(path)
+    m = _model_from(meta, path, cls)
     apply(m, arrays, meta, path)
     return m
 

@@ -9,11 +9,28 @@ def positive_int(name, v):
     return integer(name, v, 1)
 
 
+def as_array(v, name):
+    """Any array-like as a numpy array: arrays and memmaps as they are, torch tensors through
+    ``.numpy()`` (detached, on the CPU), lists and other ``np.asarray``-convertible objects."""
+    if isinstance(v, np.ndarray):
+        return v
+    if hasattr(v, "detach") and hasattr(v, "cpu") and hasattr(v, "numpy"):   # torch, without importing it
+        return v.detach().cpu().numpy()
+    if v is None or isinstance(v, (str, bytes, dict, set)):
+        raise TypeError(f"{name}: expected an array-like of numbers, got {type(v).__name__}")
+    try:
+        a = np.asarray(v)
+    except (ValueError, TypeError) as e:
+        raise TypeError(f"{name}: cannot be read as an array ({e})") from None
+    if a.dtype == object:
+        raise TypeError(f"{name}: expected an array-like of numbers, got objects of {type(v).__name__}")
+    return a
+
+
 def features(X, dtype, input_dim, name="X"):
-    """X as a C-contiguous (n, input_dim) array of ``dtype`` (a copy when it is not one already).
-    ``input_dim`` None accepts any width."""
-    if not isinstance(X, np.ndarray):
-        raise TypeError(f"{name}: expected a numpy.ndarray, got {type(X).__name__}")
+    """X as a C-contiguous (n, input_dim) array of ``dtype``: a copy unless it already is one
+    (any array-like is accepted, see ``as_array``).  ``input_dim`` None accepts any width."""
+    X = as_array(X, name)
     if X.ndim != 2:
         raise ValueError(f"{name}: expected a 2-D array (samples, features), got shape {X.shape}")
     if X.shape[0] == 0:
@@ -29,8 +46,7 @@ def features(X, dtype, input_dim, name="X"):
 
 
 def targets(loss, y, n, C, dtype, name="y"):
-    if not isinstance(y, np.ndarray):
-        raise TypeError(f"{name}: expected a numpy.ndarray, got {type(y).__name__}")
+    y = as_array(y, name)
     if y.ndim == 0:
         raise ValueError(f"{name}: expected one target per row of X ({n}), got a scalar")
     if y.shape[0] != n:

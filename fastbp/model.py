@@ -104,10 +104,16 @@ class Model:
         return X, inputs.targets(self.plan.loss, y, X.shape[0], self.output_dim, self.dtype, yname)
 
     # ------------------------------------------------------------------ training
-    def fit(self, X, y, epochs=1, batch_size=128, lr=None, optimizer=None, **kw):
-        """Train; returns the history dict.  See ``fastbp.train.fit`` for every option."""
+    def fit(self, X, y=None, epochs=1, batch_size=128, lr=None, optimizer=None, **kw):
+        """Train on arrays (X, y) or on a stream of (X_batch, y_batch) pairs (``y=None``); returns
+        the history dict.  See ``fastbp.train.fit`` for every option."""
         from .train import fit
         return fit(self, X, y, epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer, **kw)
+
+    def train_on_batch(self, X, y, lr=None, optimizer=None):
+        """One training step on exactly this batch; returns its loss (see ``fastbp.train``)."""
+        from .train import train_on_batch
+        return train_on_batch(self, X, y, lr=lr, optimizer=optimizer)
 
     def loss_and_grads(self, X, y, step=None):
         """Loss of the batch (X, y) in the current mode and its gradients, written to ``grads``.
@@ -188,8 +194,29 @@ class Model:
         return res
 
     # ----------------------------------------------------------- files and copies
+    def state_dict(self):
+        """{name: array copy} as PyTorch's ``nn.Sequential`` of Linear/BatchNorm1d/... names it."""
+        from .interop import state_dict
+        return state_dict(self)
+
+    def load_state_dict(self, state_dict, strict=True):
+        """Copy weights named as ``state_dict()`` names them (numpy arrays or torch tensors)."""
+        from .interop import load_state_dict
+        return load_state_dict(self, state_dict, strict=strict)
+
+    @classmethod
+    def from_state_dict(cls, state_dict, layers, loss="softmax_ce", dtype=None, seed=0, input_dim=None):
+        """A model with ``layers`` and the weights of ``state_dict`` (width and dtype inferred)."""
+        from .interop import from_state_dict
+        return from_state_dict(state_dict, layers, loss, dtype, seed, input_dim, cls=cls)
+
+    def to_onnx(self, path, output="logits"):
+        """Write an ONNX graph of the eval-mode model (needs ``fastbp[onnx]``)."""
+        from .interop import to_onnx
+        return to_onnx(self, path, output)
+
     def save(self, path):
-        """Write an .npz checkpoint (no pickle, atomic).  See ``fastbp.checkpoint``."""
+        """Write a checkpoint atomically: ``.safetensors`` or else npz (no pickle either way)."""
         return checkpoint.save(self, path)
 
     @classmethod

@@ -109,6 +109,17 @@ class Op:
             return d["grads"][name[1:]]
         raise AttributeError(f"{type(self).__name__} has no attribute {name!r}")
 
+    def portable(self):
+        """This op in the exchange vocabulary of ``fastbp.interop``: a list of ``(kind, tensors,
+        options)``, tensors as *views* laid out as PyTorch's module holds them (writing into them
+        writes the model).  Kinds: linear, batchnorm, dropout and the activation names."""
+        raise NotImplementedError(f"{type(self).__name__} has no exchange form")
+
+    def _portable_act(self):
+        if self.act == IDENTITY:
+            return []
+        return [(CODE_NAMES[self.act], {}, {"alpha": self.alpha} if CODE_NAMES[self.act] == "leaky_relu" else {})]
+
     def describe(self):
         return type(self.spec).__name__ + (f"({CODE_NAMES[self.act]})" if self.act != IDENTITY else "")
 
@@ -148,6 +159,12 @@ class DenseOp(Op):
         if self.spec.bias:
             shapes["b"] = (self.out_dim,)
         return shapes
+
+    def portable(self):
+        t = {"weight": self.params["W"].T}        # torch.nn.Linear: weight (out, in)
+        if "b" in self.params:
+            t["bias"] = self.params["b"]
+        return [("linear", t, {})] + self._portable_act()
 
     def init(self, rng, dtype):
         fn = initializers.get(self.spec.init, CODE_NAMES[self.act])
@@ -209,6 +226,11 @@ class BatchNormOp(Op):
     def scratch_shapes(self):
         return {"mean": (self.out_dim,), "inv_std": (self.out_dim,)}
 
+    def portable(self):
+        t = {"weight": self.params["gamma"], "bias": self.params["beta"],
+             "running_mean": self.state["running_mean"], "running_var": self.state["running_var"]}
+        return [("batchnorm", t, {"eps": self.spec.eps, "momentum": self.spec.momentum})] + self._portable_act()
+
     def init(self, rng, dtype):
         self.params["gamma"][...] = 1
         self.params["beta"][...] = 0
@@ -254,6 +276,9 @@ class DropoutOp(Op):
     spec_type = L.Dropout
     stochastic = True
 
+    def portable(self):
+        return [("dropout", {}, {"p": self.spec.p})]
+
     def forward_entry(self, io, update_stats):
         s = io.ws.slot
         return dropout_forward_entry, [s(io.x), s(io.out), self.index, self.seed, 0], [self.spec.p]
@@ -293,6 +318,9 @@ class ActivationOp(Op):
 
     def describe(self):
         return f"Activation({CODE_NAMES[self.act]})"
+
+    def portable(self):
+        return self._portable_act()
 
     def forward_entry(self, io, update_stats):
         s = io.ws.slot
