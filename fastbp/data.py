@@ -1,8 +1,9 @@
 """Datasets: an IDX reader, MNIST / Fashion-MNIST loaders and the two-sphere generator.
 
-Search order for a dataset's four IDX files (``.gz`` or raw):
-``data_dir`` argument, ``$FASTBP_DATA`` (``<dir>`` or ``<dir>/<name>``), the user
-cache (``$XDG_CACHE_HOME/fastbp/<name>``, default ``~/.cache/fastbp/<name>``) and
+Where a dataset's four IDX files (``.gz`` or raw) are taken from: a given ``data_dir`` (or
+``data_dir/<name>``) and nowhere else: if they are not there, the error says which are missing.
+Without ``data_dir``: ``$FASTBP_DATA`` (``<dir>`` or ``<dir>/<name>``), the user cache
+(``$XDG_CACHE_HOME/fastbp/<name>``, default ``~/.cache/fastbp/<name>``) and
 ``/usr/share/datasets/<name>/`` (Debian's dataset-fashion-mnist package).
 """
 import gzip
@@ -83,9 +84,9 @@ def cache_dir(name):
 
 
 def search_dirs(name, data_dir=None):
+    if data_dir is not None:
+        return [os.fspath(data_dir), os.path.join(os.fspath(data_dir), name)]
     dirs = []
-    if data_dir:
-        dirs += [os.fspath(data_dir), os.path.join(os.fspath(data_dir), name)]
     env = os.environ.get("FASTBP_DATA")
     if env:
         dirs += [env, os.path.join(env, name)]
@@ -106,7 +107,28 @@ def _locate(name, data_dir):
         paths = {k: _find(d, stem) for k, stem in FILES.items()}
         if all(paths.values()):
             return paths
+    if data_dir is not None:
+        raise _given_dir_problem(name, os.fspath(data_dir))
     return None
+
+
+def _given_dir_problem(name, d):
+    if not os.path.exists(d):
+        why = "no such folder"
+    elif not os.path.isdir(d):
+        why = "is a file, not a folder"
+    else:
+        best = max((os.path.join(d, name), d), key=lambda f: sum(bool(_find(f, s)) for s in FILES.values()))
+        missing = [s + "[.gz]" for s in FILES.values() if not _find(best, s)]
+        why = f"{best} lacks {', '.join(missing)}"
+    return DatasetNotFound(f"{name}: --data-dir / data_dir {d}: {why} (the four IDX files "
+                           f"{', '.join(FILES.values())}, optionally .gz, are expected there)")
+
+
+def locate(name, data_dir=None):
+    """The folder the dataset ``name`` would be read from (None if nowhere)."""
+    paths = _locate(name, data_dir)
+    return os.path.dirname(paths["train_images"]) if paths else None
 
 
 def _not_found(name, data_dir, extra=""):
@@ -131,12 +153,13 @@ def _load(paths, normalize=True):
     return (prep(xtr), ytr.astype(np.int64)), (prep(xte), yte.astype(np.int64))
 
 
-def load_fashion_mnist(data_dir=None):
-    """((X_train, y_train), (X_test, y_test)); X float32 in [0, 1] of shape (n, 784), y int64."""
+def load_fashion_mnist(data_dir=None, normalize=True):
+    """((X_train, y_train), (X_test, y_test)); X float32 of shape (n, 784), in [0, 1] or, with
+    ``normalize=False``, the raw 0-255 pixel values; y int64."""
     paths = _locate("fashion-mnist", data_dir)
     if paths is None:
         raise _not_found("fashion-mnist", data_dir)
-    return _load(paths)
+    return _load(paths, normalize)
 
 
 def _sha256(path):
@@ -172,8 +195,9 @@ def download_mnist(dest=None, base_url=MNIST_MIRROR, timeout=30):
     return dest
 
 
-def load_mnist(data_dir=None, download=True):
-    """Like load_fashion_mnist for MNIST; if no local copy, downloads into the cache (verified)."""
+def load_mnist(data_dir=None, download=True, normalize=True):
+    """Like load_fashion_mnist for MNIST; if no local copy (and no ``data_dir`` given), downloads
+    into the cache (SHA-256 verified)."""
     paths = _locate("mnist", data_dir)
     if paths is None and download:
         try:
@@ -183,7 +207,7 @@ def load_mnist(data_dir=None, download=True):
         paths = _locate("mnist", data_dir)
     if paths is None:
         raise _not_found("mnist", data_dir)
-    return _load(paths)
+    return _load(paths, normalize)
 
 
 def make_spheres(n=1000, radius=1.0, distance=3.0, seed=0, dtype=np.float32):
@@ -210,11 +234,11 @@ def make_spheres(n=1000, radius=1.0, distance=3.0, seed=0, dtype=np.float32):
     return X[perm].astype(dtype), y[perm].astype(np.int64)
 
 
-def load(name, data_dir=None):
+def load(name, data_dir=None, normalize=True):
     if name == "fashion-mnist":
-        return load_fashion_mnist(data_dir)
+        return load_fashion_mnist(data_dir, normalize)
     if name == "mnist":
-        return load_mnist(data_dir)
+        return load_mnist(data_dir, normalize=normalize)
     if name == "sphere":
         Xtr, ytr = make_spheres(2000, seed=0)
         Xte, yte = make_spheres(1000, seed=1)

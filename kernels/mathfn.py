@@ -78,7 +78,9 @@ _TANH_SPLIT = np.float32(0.625)
 
 @jit
 def exp_f32(x):
-    """float32 exp, branch-free; flushes results below 2**-126 to 0."""
+    """float32 exp, branch-free; flushes results below 2**-126 to 0; NaN gives NaN."""
+    if JIT_DISABLED and x != x:   # pure Python: math.floor(nan) raises; compiled code gives NaN below
+        return x
     xc = min(max(x, _LO), _HI)
     n = math.floor(xc * _LOG2E + _HALF)
     r = (xc - n * _LN2_HI) - n * _LN2_LO

@@ -59,9 +59,29 @@ def test_local_folder_and_missing_message(tmp_path, monkeypatch):
     (X, y), (Xt, yt) = data.load_mnist(data_dir=d, download=False)
     assert X.shape == (5, 784) and X.dtype == np.float32 and X.max() <= 1 and y.dtype == np.int64
     np.testing.assert_allclose(X[0], imgs[0].ravel() / 255, rtol=1e-6)
+    assert data.locate("mnist", d) == str(d)
+    (Xr, _), _ = data.load_mnist(data_dir=d, download=False, normalize=False)
+    np.testing.assert_array_equal(Xr[0], imgs[0].ravel().astype(np.float32))   # raw 0-255
     with pytest.raises(FileNotFoundError, match="Looked in") as e:
-        data.load_mnist(data_dir=tmp_path / "nothing", download=False)
+        data.load_mnist(download=False)
     assert "--data-dir" in str(e.value)
+
+
+def test_a_given_data_dir_is_used_or_the_error_says_what_is_missing(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setattr(data, "download_mnist", lambda: pytest.fail("must not download when data_dir is given"))
+    with pytest.raises(FileNotFoundError, match="nothing: no such folder"):
+        data.load_mnist(data_dir=tmp_path / "nothing")
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(FileNotFoundError, match="is a file, not a folder"):
+        data.load_fashion_mnist(data_dir=tmp_path / "f")
+    d = tmp_path / "partial"
+    d.mkdir()
+    labs = np.array([0, 1], np.uint8)
+    for key, stem in list(data.FILES.items())[:3]:
+        _write_idx(d / stem, np.zeros((2, 28, 28), np.uint8) if "images" in key else labs)
+    with pytest.raises(FileNotFoundError, match=r"partial lacks t10k-labels-idx1-ubyte\[\.gz\] \(the four"):
+        data.load_fashion_mnist(data_dir=d)
 
 
 def test_download_failure_says_where_it_looked(tmp_path, monkeypatch):
@@ -70,7 +90,7 @@ def test_download_failure_says_where_it_looked(tmp_path, monkeypatch):
     monkeypatch.setattr(data, "MNIST_MIRROR", "http://127.0.0.1:9/")
     monkeypatch.setattr(data, "download_mnist", lambda: (_ for _ in ()).throw(OSError("offline")))
     with pytest.raises(FileNotFoundError, match="Download from .* failed: offline"):
-        data.load_mnist(data_dir=tmp_path / "nothing")
+        data.load_mnist()
 
 
 def test_download_verifies_sha256(tmp_path, monkeypatch):

@@ -77,3 +77,11 @@ def test_fused_activation_kernel_vectorizes():
     out = np.empty_like(x)
     asm = _asm(KA.activation_forward_launch, out, x, KA.TANH, 0.01, 1)
     assert ("ymm" in asm or "zmm" in asm) and "tanhf" not in asm
+
+
+def test_nan_and_inf_propagate_like_libm():
+    for f, ref in ((M.exp_f32, np.exp), (M.tanh_f32, np.tanh), (M.sigmoid_f32, lambda v: 1 / (1 + np.exp(-v)))):
+        assert np.isnan(f(np.float32(np.nan))), f
+        with np.errstate(over="ignore"):
+            for v in (np.float32(np.inf), np.float32(-np.inf)):
+                assert f(v) == np.float32(ref(v)), (f, v)

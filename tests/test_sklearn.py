@@ -43,6 +43,7 @@ def fm_small():
     return X[idx], y[idx]
 
 
+@pytest.mark.slow
 def test_cross_val_score_and_grid_search_on_fashion_mnist(fm_small):
     X, y = fm_small
     clf = FastBPClassifier(hidden_layer_sizes=(64,), epochs=15, random_state=0, learning_rate=2e-3)
@@ -54,6 +55,7 @@ def test_cross_val_score_and_grid_search_on_fashion_mnist(fm_small):
     assert grid.best_score_ > 0.7
 
 
+@pytest.mark.slow
 def test_string_labels_pickle_and_partial_fit(fm_small):
     X, y = fm_small
     names = np.array(["tshirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag",
@@ -76,6 +78,7 @@ def test_string_labels_pickle_and_partial_fit(fm_small):
         inc.partial_fit(X[:10], np.array(["hat"] * 10))
 
 
+@pytest.mark.slow
 def test_early_stopping_restores_best_and_stops(fm_small):
     X, y = fm_small
     clf = FastBPClassifier(hidden_layer_sizes=(32,), epochs=300, early_stopping=True, n_iter_no_change=3,
