@@ -1,6 +1,7 @@
 """Command line: ``fastbp train | bench``."""
 import argparse
 import json
+import os
 import sys
 import time
 
@@ -24,65 +25,101 @@ def _positive(kind):
     return parse
 
 
-def build_parser():
-    p = argparse.ArgumentParser(prog="fastbp", description="Numba-accelerated backprop for MLPs on CPUs")
-    sub = p.add_subparsers(dest="command", required=True)
+class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    pass
 
-    t = sub.add_parser("train", help="train an MLP and print a row per epoch")
-    t.add_argument("--dataset", choices=["mnist", "fashion-mnist", "sphere"], default="fashion-mnist")
-    t.add_argument("--hidden", type=_hidden, default=[512, 512], help="hidden widths, e.g. 512,512")
-    t.add_argument("--activation", default="tanh", choices=["tanh", "relu", "leaky_relu", "sigmoid"])
-    t.add_argument("--epochs", type=_positive(int), default=5)
-    t.add_argument("--batch-size", type=_positive(int), default=128)
-    t.add_argument("--lr", type=_positive(float), default=0.1)
-    t.add_argument("--optimizer", default="sgd", choices=["sgd", "adam", "adamw"])
+
+def build_parser():
+    from fastbp import __version__
+    p = argparse.ArgumentParser(prog="fastbp", description="Numba-accelerated backprop for MLPs on CPUs",
+                                formatter_class=_Formatter)
+    p.add_argument("--version", action="version", version=f"fastbp {__version__}")
+    p.add_argument("--debug", action="store_true", help="show the Python traceback of errors")
+    sub = p.add_subparsers(dest="command", required=True)
+    sp = lambda name, **kw: sub.add_parser(name, formatter_class=_Formatter, **kw)   # noqa: E731
+
+    t = sp("train", help="train an MLP and print a row per epoch")
+    t.add_argument("--dataset", choices=["mnist", "fashion-mnist", "sphere"], default="fashion-mnist",
+                   help="training data (sphere: the generated two-sphere toy set)")
+    t.add_argument("--hidden", type=_hidden, default="512,512", help="hidden widths, e.g. 512,512")
+    t.add_argument("--activation", default="tanh", choices=["tanh", "relu", "leaky_relu", "sigmoid"],
+                   help="activation of the hidden layers")
+    t.add_argument("--epochs", type=_positive(int), default=5, help="passes over the training set")
+    t.add_argument("--batch-size", type=_positive(int), default=128, help="rows per training step")
+    t.add_argument("--lr", type=_positive(float), default=None,
+                   help="learning rate (default: the optimizer's own: sgd 0.1, adam and adamw 0.001)")
+    t.add_argument("--optimizer", default="sgd", choices=["sgd", "adam", "adamw"], help="update rule")
     t.add_argument("--batchnorm", action="store_true", help="BatchNorm after each hidden Dense")
     t.add_argument("--dropout", type=float, default=0.0, help="dropout probability after hidden layers")
-    t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--data-dir", default=None)
-    t.add_argument("--threads", type=_positive(int), default=None)
-    t.add_argument("--save", default=None, help="save the trained model (.npz)")
+    t.add_argument("--seed", type=int, default=0, help="seed of the initial weights, shuffles and dropout masks")
+    t.add_argument("--data-dir", default=None,
+                   help="folder with the four IDX files (used or the command fails; default: search, "
+                        "see fastbp.data)")
+    t.add_argument("--threads", type=_positive(int), default=None, help="kernel threads (default: numba's)")
+    t.add_argument("--save", default=None, help="save the trained model (.npz or .safetensors)")
+    t.add_argument("--checkpoint", default=None, help="save after every epoch to this file (.npz)")
+    t.add_argument("--resume", action="store_true", help="continue from --checkpoint if it exists")
     t.add_argument("--history", default=None, help="write the history as JSON (or CSV if it ends in .csv)")
-    t.add_argument("--no-progress", action="store_true")
+    t.add_argument("--no-progress", action="store_true",
+                   help="no progress bar (it is also off when stderr is not a terminal)")
 
-    b = sub.add_parser("bench", help="time one training step: fastbp vs numpy reference vs GEMM floor vs peers")
-    b.add_argument("--batch-sizes", type=_hidden, default=[32, 128, 512, 2048])
-    b.add_argument("--repeat", type=_positive(int), default=7)
+    b = sp("bench", help="time one training step: fastbp vs numpy reference vs GEMM floor vs PyTorch")
+    b.add_argument("--batch-sizes", type=_hidden, default="32,128,512,2048", help="comma-separated")
+    b.add_argument("--repeat", type=_positive(int), default=7, help="timed repetitions per figure")
     b.add_argument("--json", default=None, help="write the results as JSON")
-    b.add_argument("--no-peers", action="store_true", help="skip PyTorch / JAX even if installed")
+    b.add_argument("--no-peers", action="store_true", help="skip PyTorch even if installed")
     b.add_argument("--no-scaling", action="store_true", help="skip the thread-scaling table")
     b.add_argument("--epoch", action="store_true", help="also time one Fashion-MNIST epoch vs PyTorch")
-    b.add_argument("--data-dir", default=None)
-    g = sub.add_parser("gradcheck", help="backprop vs central finite differences on a random small net (float64)")
-    g.add_argument("--hidden", type=_hidden, default=[5, 4])
-    g.add_argument("--activation", default="tanh", choices=["tanh", "relu", "leaky_relu", "sigmoid", "identity"])
-    g.add_argument("--loss", default="softmax_ce", choices=["softmax_ce", "mse", "sigmoid_bce"])
-    g.add_argument("--batchnorm", action="store_true")
-    g.add_argument("--dropout", type=float, default=0.0)
-    g.add_argument("--inputs", type=_positive(int), default=6)
-    g.add_argument("--outputs", type=_positive(int), default=3)
-    g.add_argument("--batch", type=_positive(int), default=8)
+    b.add_argument("--data-dir", default=None, help="folder with the Fashion-MNIST IDX files")
+    g = sp("gradcheck", help="backprop vs central finite differences on a random small net (float64)")
+    g.add_argument("--hidden", type=_hidden, default="5,4", help="hidden widths")
+    g.add_argument("--activation", default="tanh", choices=["tanh", "relu", "leaky_relu", "sigmoid", "identity"],
+                   help="hidden activation")
+    g.add_argument("--loss", default="softmax_ce", choices=["softmax_ce", "mse", "sigmoid_bce"], help="loss")
+    g.add_argument("--batchnorm", action="store_true", help="BatchNorm after each hidden Dense")
+    g.add_argument("--dropout", type=float, default=0.0, help="dropout probability after hidden layers")
+    g.add_argument("--inputs", type=_positive(int), default=6, help="input features")
+    g.add_argument("--outputs", type=_positive(int), default=3, help="outputs (classes)")
+    g.add_argument("--batch", type=_positive(int), default=8, help="rows in the checked batch")
     g.add_argument("--threshold", type=_positive(float), default=1e-5, help="fail above this relative error")
-    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--seed", type=int, default=0, help="seed of the net and the data")
 
-    e = sub.add_parser("experiment", help="the classic backprop experiments")
-    e.add_argument("name", choices=["vanishing", "regularizers"])
+    e = sp("experiment", help="the classic backprop experiments")
+    e.add_argument("name", choices=["vanishing", "regularizers"], help="which experiment")
     e.add_argument("--out", default=None, help="output folder (default ./runs/<experiment>/)")
-    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--force", action="store_true", help="write into a non-empty output folder")
+    e.add_argument("--seed", type=int, default=0, help="seed of the weights and shuffles")
     e.add_argument("--epochs", type=_positive(int), default=5, help="regularizers: epochs per run")
     e.add_argument("--steps", type=_positive(int), default=2000, help="vanishing: at most this many full-batch steps")
     e.add_argument("--lr", type=_positive(float), default=None, help="default 1.0 (vanishing) / 0.1 (regularizers)")
-    e.add_argument("--data-dir", default=None)
+    e.add_argument("--data-dir", default=None, help="folder with the Fashion-MNIST IDX files")
     e.add_argument("--subset", type=_positive(int), default=None, help="regularizers: use the first N samples")
 
-    w = sub.add_parser("warmup", help="compile every kernel ahead of time (numba caches the machine code on disk)")
+    w = sp("warmup", help="compile every kernel ahead of time (numba caches the machine code on disk)")
     w.add_argument("--dtype", choices=["float32", "float64", "both"], default="float32",
-                   help="which precision to compile for (default: %(default)s)")
+                   help="which precision to compile for")
 
-    pl = sub.add_parser("plot", help="draw loss/accuracy curves of a saved history (JSON or CSV)")
-    pl.add_argument("history", nargs="+")
+    pl = sp("plot", help="draw loss/accuracy curves of a saved history (JSON or CSV)")
+    pl.add_argument("history", nargs="+", help="history files written by train --history or experiments")
     pl.add_argument("--out", default=None, help="PNG path (default: next to the first history)")
     return p
+
+
+class UsageError(Exception):
+    """An expected problem with the command's input: printed as one line, exit code 2."""
+
+
+def _check_output(path, flag):
+    """Fail before any work if ``path`` cannot be written."""
+    if path is None:
+        return
+    folder = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path):
+        raise UsageError(f"{flag} {path}: is a folder, expected a file path")
+    if not os.path.isdir(folder):
+        raise UsageError(f"{flag} {path}: folder {folder} does not exist")
+    if not os.access(folder, os.W_OK):
+        raise UsageError(f"{flag} {path}: folder {folder} is not writable")
 
 
 def cmd_gradcheck(args):
@@ -117,6 +154,9 @@ def cmd_experiment(args):
 
     from fastbp import experiments
     out = args.out or os.path.join("runs", args.name)
+    if os.path.isdir(out) and os.listdir(out) and not args.force:
+        raise UsageError(f"--out {out}: folder is not empty (earlier results?); pass --force to write into it "
+                         "or choose another --out")
     try:
         if args.name == "vanishing":
             experiments.vanishing(out, seed=args.seed, max_steps=args.steps, lr=args.lr or 1.0)
@@ -134,11 +174,7 @@ def cmd_plot(args):
 
     from fastbp import plotting
     from fastbp.history import load_history
-    try:
-        runs = {os.path.basename(p): load_history(p) for p in args.history}
-    except (OSError, ValueError, KeyError) as e:
-        print(f"fastbp: cannot read history: {e}", file=sys.stderr)
-        return 2
+    runs = {os.path.basename(p): load_history(p) for p in args.history}
     if not plotting.available():
         print(f"fastbp: {plotting.PLOT_HINT}", file=sys.stderr)
         return 2
@@ -147,7 +183,7 @@ def cmd_plot(args):
     return 0
 
 
-def _build_model(args, n_in, n_out):
+def _layers(args, n_out):
     import fastbp
     layers = []
     for h in args.hidden:
@@ -158,62 +194,90 @@ def _build_model(args, n_in, n_out):
         if args.dropout:
             layers.append(fastbp.Dropout(args.dropout))
     layers.append(fastbp.Dense(n_out))
-    return fastbp.Model(layers, loss="softmax_ce", input_dim=n_in, seed=args.seed)
+    return layers
 
 
 def cmd_train(args):
     import fastbp
-    from fastbp import data
+    from fastbp import data, optim
+    from fastbp.kernels import count_nonfinite
+    from fastbp.plan import estimate_bytes
+    from fastbp.workspace import available_bytes
     if args.threads:
         try:
             fastbp.set_num_threads(args.threads)
         except ValueError as e:
-            print(f"fastbp: --threads: {e}", file=sys.stderr)
-            return 2
+            raise UsageError(f"--threads: {e}") from None
     if not 0 <= args.dropout < 1:
-        print("fastbp: --dropout must be in [0, 1)", file=sys.stderr)
-        return 2
-    try:
-        (X, y), (Xt, yt) = data.load(args.dataset, args.data_dir)
-    except (FileNotFoundError, ValueError) as e:
-        print(f"fastbp: {e}", file=sys.stderr)
-        return 2
+        raise UsageError(f"--dropout: expected a probability in [0, 1), got {args.dropout}")
+    for path, flag in ((args.save, "--save"), (args.checkpoint, "--checkpoint"), (args.history, "--history")):
+        _check_output(path, flag)
+    if args.resume and not args.checkpoint:
+        raise UsageError("--resume: needs --checkpoint PATH (the file to continue from)")
+    if args.checkpoint and os.path.exists(args.checkpoint) and not args.resume:
+        raise UsageError(f"--checkpoint {args.checkpoint}: exists; pass --resume to continue from it, or remove it")
+    folder = "generated" if args.dataset == "sphere" else data.locate(args.dataset, args.data_dir)
+    (X, y), (Xt, yt) = data.load(args.dataset, args.data_dir)
     n_out = int(max(y.max(), yt.max())) + 1
-    model = _build_model(args, X.shape[1], n_out)
+    layers = _layers(args, n_out)
+    need, avail = estimate_bytes(layers, X.shape[1], "float32", args.batch_size), available_bytes()
+    if avail is not None and need > avail:
+        raise UsageError(f"--hidden {','.join(map(str, args.hidden))}: training needs about {need / 2**30:.1f} GiB, "
+                         f"only {avail / 2**30:.1f} GiB of memory is available")
+    model = fastbp.Model(layers, loss="softmax_ce", input_dim=X.shape[1], seed=args.seed)
+    opt = optim.make(args.optimizer, args.lr)
     from tqdm import tqdm
-    print(f"{args.dataset}: {X.shape[0]} train / {Xt.shape[0]} test, "
+    print(f"{args.dataset} ({folder}): {X.shape[0]} train / {Xt.shape[0]} test, "
           f"{X.shape[1]}-{'-'.join(map(str, args.hidden))}-{n_out} {args.activation}, "
-          f"batch {args.batch_size}, {args.optimizer} lr {args.lr}, {fastbp.get_num_threads()} threads")
-    header = f"{'epoch':>5} {'train loss':>10} {'test loss':>10} {'test acc':>9} {'seconds':>8} {'samples/s':>10}"
+          f"batch {args.batch_size}, {args.optimizer} lr {opt.lr:g}, {fastbp.get_num_threads()} threads")
+    header = (f"{'epoch':>5} {'train loss':>10} {'train acc':>9} {'test loss':>10} {'test acc':>9} "
+              f"{'seconds':>8} {'samples/s':>10}")
     rows = []
     bar = None
+    show_bar = not args.no_progress and sys.stderr.isatty()
 
     def progress(done, total, loss):
         nonlocal bar
+        if not show_bar:
+            return
         if bar is None:
-            bar = tqdm(total=total, unit="sample", leave=False, disable=args.no_progress,
-                       file=sys.stderr, dynamic_ncols=True)
+            bar = tqdm(total=total, unit="sample", leave=False, file=sys.stderr, dynamic_ncols=True)
         bar.update(done - bar.n)
         if done == total or bar.n % (50 * args.batch_size) < args.batch_size:
             bar.set_postfix(loss=f"{loss:.4f}")
 
-    def on_epoch(epoch, h):
+    def close_bar():
         nonlocal bar
         if bar is not None:
             bar.close()
             bar = None
+
+    def on_epoch(epoch, h):
+        close_bar()
         if not rows:
             print(header)
-        row = (f"{h['epoch'][-1]:>5} {h['loss'][-1]:>10.4f} {h['val_loss'][-1]:>10.4f} "
-               f"{100 * h['val_accuracy'][-1]:>8.2f}% {h['seconds'][-1]:>8.2f} {h['samples_per_s'][-1]:>10.0f}")
+        row = (f"{h['epoch'][-1]:>5} {h['loss'][-1]:>10.4f} {100 * h['accuracy'][-1]:>8.2f}% "
+               f"{h['val_loss'][-1]:>10.4f} {100 * h['val_accuracy'][-1]:>8.2f}% {h['seconds'][-1]:>8.2f} "
+               f"{h['samples_per_s'][-1]:>10.0f}")
         rows.append(row)
         print(row, flush=True)
         if h["compile_seconds"][-1] > 0.5:
             print(f"      (kernels compiled in {h['compile_seconds'][-1]:.1f} s, not counted in the epoch time)",
                   flush=True)
 
-    h = model.fit(X, y, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, optimizer=args.optimizer,
-                  seed=args.seed, validation_data=(Xt, yt), progress=progress, on_epoch=on_epoch)
+    try:
+        h = model.fit(X, y, epochs=args.epochs, batch_size=args.batch_size, optimizer=opt, seed=args.seed,
+                      validation_data=(Xt, yt), progress=progress, on_epoch=on_epoch, checkpoint=args.checkpoint)
+    except KeyboardInterrupt:
+        close_bar()
+        where = f"interrupted in epoch {model.epochs_done + 1} (step {model.step_count})"
+        target = args.checkpoint or args.save
+        if target and model.built and not count_nonfinite(model.params):
+            model.save(target)
+            print(f"fastbp: {where}; saved the parameters reached so far to {target}", file=sys.stderr)
+        else:
+            print(f"fastbp: {where}; nothing saved", file=sys.stderr)
+        return 130
     if args.save:
         model.save(args.save)
         print(f"saved {args.save}")
@@ -245,12 +309,31 @@ def cmd_bench(args):
     return 0
 
 
+EXPECTED = (UsageError, ValueError, TypeError, FileNotFoundError, PermissionError, IsADirectoryError,
+            FloatingPointError, MemoryError)
+
+
 def main(argv=None):
     args = build_parser().parse_args(argv)
     t0 = time.perf_counter()
-    rc = {"train": cmd_train, "bench": cmd_bench, "gradcheck": cmd_gradcheck, "experiment": cmd_experiment,
-          "plot": cmd_plot, "warmup": cmd_warmup}[args.command](args)
-    if args.command == "train":
+    run = {"train": cmd_train, "bench": cmd_bench, "gradcheck": cmd_gradcheck, "experiment": cmd_experiment,
+           "plot": cmd_plot, "warmup": cmd_warmup}[args.command]
+    try:
+        rc = run(args)
+    except KeyboardInterrupt:
+        if args.debug:
+            raise
+        print("fastbp: interrupted", file=sys.stderr)
+        return 130
+    except EXPECTED as e:
+        if args.debug:
+            raise
+        msg = str(e).strip().splitlines() or [type(e).__name__]
+        print(f"fastbp: error: {msg[0]}", file=sys.stderr)
+        for line in msg[1:]:     # multi-line messages (where a dataset was looked for) stay readable
+            print(f"  {line}", file=sys.stderr)
+        return 2
+    if args.command == "train" and rc == 0:
         print(f"total {time.perf_counter() - t0:.1f} s")
     return rc
 

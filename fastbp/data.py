@@ -120,9 +120,9 @@ def _given_dir_problem(name, d):
     else:
         best = max((os.path.join(d, name), d), key=lambda f: sum(bool(_find(f, s)) for s in FILES.values()))
         missing = [s + "[.gz]" for s in FILES.values() if not _find(best, s)]
-        why = f"{best} lacks {', '.join(missing)}"
-    return DatasetNotFound(f"{name}: --data-dir / data_dir {d}: {why} (the four IDX files "
-                           f"{', '.join(FILES.values())}, optionally .gz, are expected there)")
+        why = f"{best} lacks {', '.join(missing)}" if len(missing) < len(FILES) else \
+            f"has none of the four IDX files {', '.join(FILES.values())} (optionally .gz), nor has {name}/"
+    return DatasetNotFound(f"{name}: --data-dir / data_dir {d}: {why}")
 
 
 def locate(name, data_dir=None):

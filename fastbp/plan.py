@@ -22,7 +22,16 @@ from . import losses as LS
 from .kernels import bind_blas
 from .ops import IO, compile_specs
 from .program import Program
-from .workspace import Workspace, aligned_empty
+from .workspace import Workspace, aligned_empty, check_memory
+
+
+def estimate_bytes(specs, input_dim, dtype, batch, optimizer_slots=2, eval_batch=1024):
+    """Memory to train ``specs``: parameters, gradients, optimizer state and the activations of
+    one training and one evaluation batch (an estimate, before anything is allocated)."""
+    ops = compile_specs(list(specs), int(input_dim))
+    P = sum(int(np.prod(sh, dtype=object)) for op in ops for sh in op.param_shapes().values())
+    acts = int(input_dim) + 2 * sum(op.out_dim for op in ops)
+    return np.dtype(dtype).itemsize * (P * (2 + optimizer_slots) + acts * (int(batch) + int(eval_batch)))
 
 
 class Plan:
@@ -39,7 +48,8 @@ class Plan:
             raise ValueError(f"layers: with loss={self.loss.name!r} the last layer must output logits "
                              f"(no activation); the loss applies the softmax/sigmoid itself")
         self.output_dim = last.out_dim
-        sizes = [int(np.prod(sh)) for op in self.ops for sh in op.param_shapes().values()]
+        sizes = [int(np.prod(sh, dtype=object)) for op in self.ops for sh in op.param_shapes().values()]
+        check_memory(2 * sum(sizes) * self.dtype.itemsize, f"the model's {sum(sizes):,} parameters and gradients")
         self.params = aligned_empty(int(sum(sizes)), self.dtype)   # (P,) every trained parameter
         self.grads = aligned_empty(int(sum(sizes)), self.dtype)    # (P,) their gradients (same layout)
         self.params[...] = 0

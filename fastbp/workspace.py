@@ -12,10 +12,32 @@ from .program import typed_list
 ALIGN = 64   # bytes: a cache line and an AVX-512 register; numpy itself only guarantees 16
 
 
-def aligned_empty(shape, dtype):
+def available_bytes():
+    """Memory the OS says is available (Linux MemAvailable), or None where unknown."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def check_memory(nbytes, what):
+    """MemoryError naming ``what`` if ``nbytes`` exceeds the available memory (an allocation the
+    OS would overcommit and then kill the process for)."""
+    avail = available_bytes() if nbytes > 1 << 26 else None
+    if avail is not None and nbytes > avail:
+        raise MemoryError(f"{what} needs {nbytes / 2**30:.1f} GiB but only {avail / 2**30:.1f} GiB of memory "
+                          f"is available")
+
+
+def aligned_empty(shape, dtype, what="a buffer"):
     """An uninitialised C-contiguous array whose data starts on an ALIGN-byte boundary."""
     dtype = np.dtype(dtype)
-    n = int(np.prod(shape)) * dtype.itemsize
+    n = int(np.prod(shape, dtype=object)) * dtype.itemsize
+    check_memory(n, what)
     raw = np.empty(n + ALIGN, np.uint8)
     off = (-raw.ctypes.data) % ALIGN
     return raw[off:off + n].view(dtype).reshape(shape)

@@ -1,4 +1,6 @@
 import json
+import re
+import signal
 import subprocess
 import sys
 
@@ -20,12 +22,104 @@ def test_train_sphere_prints_table(capsys, tmp_path):
     assert (tmp_path / "m.npz").exists()
 
 
+def one_line_error(capsys, argv, match):
+    rc = cli.main(argv)
+    err = capsys.readouterr().err
+    assert rc == 2, err
+    assert "Traceback" not in err and err.startswith("fastbp: error: "), err
+    assert re.search(match, err.splitlines()[0]), err
+    return err
+
+
+SPHERE = ["train", "--dataset", "sphere", "--hidden", "8", "--epochs", "1", "--no-progress"]
+
+
 def test_train_missing_data_dir_fails_cleanly(capsys, tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
-    monkeypatch.setattr("fastbp.data.download_mnist", lambda: (_ for _ in ()).throw(OSError("offline")))
-    rc = cli.main(["train", "--dataset", "mnist", "--data-dir", str(tmp_path / "none"), "--epochs", "1"])
-    assert rc == 2
-    assert "Looked in" in capsys.readouterr().err
+    monkeypatch.setattr("fastbp.data.download_mnist", lambda: pytest.fail("no download with --data-dir"))
+    one_line_error(capsys, ["train", "--dataset", "mnist", "--data-dir", str(tmp_path / "none")], "no such folder")
+    (tmp_path / "file").write_text("x")
+    one_line_error(capsys, ["train", "--data-dir", str(tmp_path / "file")], "is a file, not a folder")
+    one_line_error(capsys, ["train", "--data-dir", str(tmp_path)], "has none of the four IDX files")
+
+
+def test_header_names_the_data_folder(capsys):
+    pytest.importorskip("fastbp.data").locate("fashion-mnist") or pytest.fail("CI installs dataset-fashion-mnist")
+    from fastbp import data
+    folder = data.locate("fashion-mnist")
+    assert cli.main(["train", "--hidden", "4", "--epochs", "1", "--no-progress", "--data-dir", folder]) == 0
+    assert f"fashion-mnist ({folder}):" in capsys.readouterr().out
+
+
+def test_expected_errors_are_one_line_exit_2(capsys, tmp_path):
+    one_line_error(capsys, SPHERE + ["--save", str(tmp_path / "missing" / "m.npz")], "folder .* does not exist")
+    one_line_error(capsys, SPHERE + ["--history", str(tmp_path)], "is a folder")
+    one_line_error(capsys, SPHERE + ["--hidden", "100000,100000"], r"needs about .* GiB, only .* available")
+    one_line_error(capsys, SPHERE + ["--lr", "1e30", "--activation", "relu"], "training diverged")
+    one_line_error(capsys, SPHERE + ["--resume"], "--resume: needs --checkpoint")
+    (tmp_path / "bad.json").write_text('{"epoch": [1], "loss": "x"}')
+    one_line_error(capsys, ["plot", str(tmp_path / "bad.json")], "bad.json: not a fastbp history")
+    (tmp_path / "bad2.json").write_text('{"a": [1')
+    one_line_error(capsys, ["plot", str(tmp_path / "bad2.json")], "bad2.json: not a fastbp history")
+    assert not list(tmp_path.glob("*.npz"))
+
+
+def test_debug_shows_the_traceback(tmp_path):
+    with pytest.raises(FloatingPointError):
+        cli.main(["--debug"] + SPHERE + ["--lr", "1e30", "--activation", "relu"])
+
+
+def test_checkpoint_resume_flags(capsys, tmp_path):
+    ck = str(tmp_path / "ck.npz")
+    assert cli.main(SPHERE + ["--checkpoint", ck]) == 0
+    one_line_error(capsys, SPHERE + ["--checkpoint", ck], "exists; pass --resume")
+    assert cli.main(SPHERE[:-3] + ["--epochs", "2", "--no-progress", "--checkpoint", ck, "--resume"]) == 0
+    out = capsys.readouterr().out
+    assert [l.split()[0] for l in out.splitlines() if l.strip()[:1].isdigit()] == ["2"], out
+
+
+def test_version_and_defaults_in_help(capsys):
+    from fastbp import __version__
+    with pytest.raises(SystemExit) as e:
+        cli.main(["--version"])
+    assert e.value.code == 0 and capsys.readouterr().out.strip() == f"fastbp {__version__}"
+    with pytest.raises(SystemExit):
+        cli.main(["train", "--help"])
+    text = capsys.readouterr().out
+    assert "(default: 512,512)" in text and "adam and adamw 0.001" in text and "(default: 128)" in text
+
+
+def test_adam_gets_its_own_default_learning_rate(capsys):
+    assert cli.main(SPHERE + ["--optimizer", "adam"]) == 0
+    assert "adam lr 0.001" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_adam_default_lr_reaches_80_percent_on_fashion_mnist_in_one_epoch(capsys, tmp_path):
+    h = tmp_path / "h.json"
+    assert cli.main(["train", "--optimizer", "adam", "--epochs", "1", "--no-progress", "--history", str(h)]) == 0
+    acc = json.loads(h.read_text())["val_accuracy"][-1]
+    assert acc >= 0.80, acc
+
+
+def test_piped_output_has_no_carriage_returns_and_ctrl_c_exits_130_with_a_checkpoint(tmp_path):
+    ck = tmp_path / "ck.npz"
+    p = subprocess.Popen([sys.executable, "-m", "fastbp.cli", "train", "--dataset", "sphere", "--hidden", "64,64",
+                          "--epochs", "100000", "--batch-size", "8", "--checkpoint", str(ck)],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    lines = []
+    for line in p.stdout:                  # wait until training runs (the first epoch row)
+        lines.append(line)
+        if line.strip().startswith("1 "):
+            break
+    p.send_signal(signal.SIGINT)
+    out, err = p.communicate(timeout=60)
+    out = "".join(lines) + out
+    assert p.returncode == 130, err
+    assert "Traceback" not in err and "\r" not in out + err
+    assert "saved the parameters reached so far" in err
+    from fastbp import Model
+    assert Model.load(ck).epochs_done >= 1
 
 
 def test_bad_arguments_exit_2():
