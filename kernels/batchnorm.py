@@ -20,6 +20,7 @@ no checks: the documented jitted level); ``batchnorm_forward`` / ``batchnorm_bac
 """
 import math
 
+import numpy as np
 from numba import prange
 
 from . import _check
@@ -194,7 +195,7 @@ def batchnorm_backward(dx, dgamma, dbeta, dz, x, gamma, mean, inv_std, training=
         _check.array("dx", dx, ndim=2, dtype=dz.dtype, writeable=True)
         _check.shape("dx", dx, dz.shape)
     else:
-        dx = dz[:0]
+        dx = np.empty((0, F), dz.dtype)   # written: must not be a view of a read-only dz
     _check.no_overlap([("dx", dx if want_dx else None), ("dgamma", dgamma), ("dbeta", dbeta)],
                       [("dz", dz), ("x", x), ("gamma", gamma), ("mean", mean), ("inv_std", inv_std)])
     batchnorm_backward_launch(dx, dgamma, dbeta, dz, x, gamma, mean, inv_std, training, IDENTITY, 0.0, want_dx, nt)

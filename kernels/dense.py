@@ -15,6 +15,7 @@ Levels: ``dense_forward_block`` / ``dense_grad_block`` (serial);
 ``dense_forward_launch`` / ``dense_backward_launch`` (one parallel region, no checks:
 the documented jitted level); ``dense_forward`` / ``dense_backward`` (checked).
 """
+import numpy as np
 from numba import prange
 
 from . import _check
@@ -113,7 +114,7 @@ def dense_forward(out, x, W, b, act="identity", alpha=0.01, nthreads=None):
     nt = _check.threads(nthreads)
     _check_layer(x, W)
     F = W.shape[1]
-    b = x[0, :0] if b is None else b
+    b = np.empty(0, x.dtype) if b is None else b   # fresh, never a view of a read-only input
     _check_bias("b", b, F, x.dtype)
     _check.array("out", out, ndim=2, dtype=x.dtype, writeable=True)
     _check.shape("out", out, (x.shape[0], F))
@@ -142,16 +143,18 @@ def dense_backward(dx, dW, db, dout, x, W, y, act="identity", alpha=0.01, nthrea
     _check.shape("y", y, (N, F))
     _check.array("dW", dW, ndim=2, dtype=x.dtype, writeable=True)
     _check.shape("dW", dW, W.shape)
-    db = x[0, :0] if db is None else db
+    db = np.empty(0, x.dtype) if db is None else db   # written: must not be a view of x
     _check_bias("db", db, F, x.dtype, writeable=True, finite=False)
     want_dx = dx is not None
     if want_dx:
         _check.array("dx", dx, ndim=2, dtype=x.dtype, writeable=True)
         _check.shape("dx", dx, x.shape)
     else:
-        dx = x[:0]
+        dx = np.empty((0, x.shape[1]), x.dtype)   # written: must not be a view of a read-only x
     _check.no_overlap([("dW", dW), ("db", db), ("dx", dx if want_dx else None), ("dout", dout)],
                       [("x", x), ("W", W), ("y", y)])
+    if not W.flags.writeable:   # the launch's fused-SGD branch writes W, so numba needs a mutable type
+        W = W.copy()
     bind()
     if a != IDENTITY:
         activation_backward_launch(dout, dout, y, a, alpha, nt)

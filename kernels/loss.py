@@ -217,7 +217,7 @@ def _prepare(dname, d, zname, z, tname, t, float_targets):
         _check.shape(dname, d, (N, C))
         _check.no_overlap([(dname, d)], [(zname, z), (tname, t)])
         return d, True
-    return z[:0], False
+    return np.empty((0, z.shape[1]), z.dtype), False   # written: never a view of a read-only z
 
 
 def softmax_cross_entropy(dlogits, logits, labels, nthreads=None):
