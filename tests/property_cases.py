@@ -703,14 +703,15 @@ def files_case(tmp):
     m = Model([Dense(3, "tanh"), Dense(2)], input_dim=4)
     m.fit(np.random.default_rng(0).standard_normal((16, 4)), np.arange(16) % 2, optimizer="adam", lr=1e-2)
     good_ck = open(m.save(os.path.join(tmp, "good.npz")), "rb").read()
+    good_st = open(m.save(os.path.join(tmp, "good.safetensors")), "rb").read()
     idx = np.zeros((3, 2, 2), np.uint8)
     raw = bytes([0, 0, 8, 3]) + b"".join(int(d).to_bytes(4, "big") for d in idx.shape) + idx.tobytes()
     good_idx = {"raw": raw, "gz": gzip.compress(raw)}
 
     @st.composite
     def case(draw):
-        kind = draw(st.sampled_from(["npz", "idx_raw", "idx_gz"]))
-        blob = bytearray(good_ck if kind == "npz" else good_idx[kind[4:]])
+        kind = draw(st.sampled_from(["npz", "safetensors", "idx_raw", "idx_gz"]))
+        blob = bytearray({"npz": good_ck, "safetensors": good_st}.get(kind) or good_idx[kind[4:]])
         op = draw(st.sampled_from(["flip", "truncate", "flip", "splice"]))
         if op == "flip":
             for _ in range(draw(st.integers(1, 4))):
@@ -725,11 +726,11 @@ def files_case(tmp):
 
     def run(c):
         kind, blob = c
-        path = os.path.join(tmp, "case.npz" if kind == "npz" else "case-idx")
+        path = os.path.join(tmp, {"npz": "case.npz", "safetensors": "case.safetensors"}.get(kind, "case-idx"))
         with open(path, "wb") as f:
             f.write(blob)
         try:
-            if kind == "npz":
+            if kind in ("npz", "safetensors"):
                 got = Model.load(path)
                 assert np.isfinite(got.params).all() and got.params.shape == m.params.shape
             else:
