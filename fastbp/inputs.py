@@ -2,7 +2,7 @@
 import numpy as np
 
 from .kernels import count_nonfinite
-from .kernels.validate import integer  # noqa: F401  (re-exported for the facade)
+from .kernels.validate import flag, integer, scalar  # noqa: F401  (re-exported for the facade)
 
 
 def positive_int(name, v):

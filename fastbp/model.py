@@ -43,6 +43,7 @@ class Model:
         self.seed = inputs.integer("seed", seed, 0, 2 ** 63 - 1)
         self.specs, self.training, self.plan = list(layers), True, None
         self.optimizer, self.opt_state, self.step_count, self.epochs_done, self.history = None, {}, 0, 0, None
+        self.stop_training = False   # set by a callback to end fit
         if input_dim is not None:
             self.build(input_dim)
 

@@ -1,4 +1,4 @@
-"""Optimizers and learning-rate schedules for Model.fit.
+"""Optimizers for Model.fit (learning-rate schedules: fastbp.schedules).
 
 Each optimizer contributes one entry to the training program: one fused kernel launch
 over the model's flat parameter buffer (``fastbp.kernels.optim``).  Plain SGD (no
@@ -6,7 +6,6 @@ momentum) is instead fused into the layers' backward launches by the plan, so it
 no pass of its own.  An optimizer owns only its hyperparameters; its state buffers are
 made by ``init_state`` and kept by the model.
 """
-import math
 from dataclasses import asdict, dataclass, replace
 
 import numpy as np
@@ -126,26 +125,5 @@ def from_dict(d):
     return {"SGD": SGD, "Adam": Adam, "AdamW": AdamW}[kind](**d)
 
 
-# --- learning-rate schedules: epoch (0-based) -> multiplier of the base lr -----------------
-
-def constant():
-    return lambda epoch: 1.0
-
-
-def step_lr(step_size, gamma=0.1):
-    if step_size < 1:
-        raise ValueError(f"step_size: expected >= 1, got {step_size!r}")
-    return lambda epoch: gamma ** (epoch // step_size)
-
-
-def exponential_lr(gamma):
-    return lambda epoch: gamma ** epoch
-
-
-def cosine_lr(t_max, eta_min_ratio=0.0):
-    if t_max < 1:
-        raise ValueError(f"t_max: expected >= 1, got {t_max!r}")
-    return lambda epoch: eta_min_ratio + (1 - eta_min_ratio) * (1 + math.cos(math.pi * min(epoch, t_max) / t_max)) / 2
-
-
-SCHEDULES = {"constant": constant, "step": step_lr, "exponential": exponential_lr, "cosine": cosine_lr}
+# learning-rate schedules live in fastbp.schedules; the per-epoch functions are re-exported here
+from .schedules import SCHEDULES, constant, cosine_lr, exponential_lr, step_lr  # noqa: E402,F401

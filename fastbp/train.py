@@ -110,11 +110,45 @@ class _Stream:
         return head
 
 
+def _split(model, X, y, fraction, seed):
+    """(train X, train y, (val X, val y)): a seeded random ``fraction`` of the rows for validation."""
+    f = inputs.scalar("validation_split", fraction, lo=0, hi=1, lo_open=True, hi_open=True)
+    n = X.shape[0]
+    n_val = int(math.ceil(n * f))
+    if n_val < 1 or n - n_val < max(model.plan.min_train_rows, 1):
+        raise ValueError(f"validation_split: {fraction!r} of {n} rows leaves {n - n_val} for training")
+    order = np.random.default_rng([seed, 0x5EED]).permutation(n)
+    tr, va = np.sort(order[n_val:]), np.sort(order[:n_val])
+    return X[tr], y[tr], (X[va], y[va])
+
+
+def _callbacks(callbacks, progress, on_epoch, verbose):
+    """The callback list: the user's, then adapters for the older ``progress``/``on_epoch``
+    functions, then the progress printer for ``verbose``."""
+    from . import callbacks as C
+    cbs = list(callbacks or [])
+    for i, cb in enumerate(cbs):
+        if not isinstance(cb, C.Callback):
+            raise TypeError(f"callbacks[{i}]: expected a fastbp.callbacks.Callback, got {type(cb).__name__}")
+    if progress is not None:
+        if not callable(progress):
+            raise TypeError("progress: expected a callable (done, total, loss)")
+        cbs.append(C.LambdaCallback(on_batch_end=lambda m, t, logs: progress(logs["done"], logs["total"],
+                                                                             logs["loss"])))
+    if on_epoch is not None:
+        if not callable(on_epoch):
+            raise TypeError("on_epoch: expected a callable (epoch, history)")
+        cbs.append(C.LambdaCallback(on_epoch_end=lambda m, e, logs: on_epoch(e, m.history)))
+    if inputs.flag("verbose", verbose):
+        cbs.append(C.Progress())
+    return cbs
+
+
 def fit(model, X, y=None, epochs=1, batch_size=128, lr=None, optimizer=None, shuffle=True, seed=None,
-        validation_data=None, schedule=None, progress=None, on_epoch=None, checkpoint=None,
-        track_grad_norms=False, grad_norm_every=1):
+        validation_data=None, validation_split=None, schedule=None, callbacks=None, verbose=False, progress=None,
+        on_epoch=None, checkpoint=None, track_grad_norms=False, grad_norm_every=1):
     """Train ``model``; returns the history dict (lists per epoch: loss, accuracy, seconds, lr,
-    compile_seconds, and val_loss / val_accuracy with ``validation_data``).  ``seconds`` excludes
+    compile_seconds, and val_loss / val_accuracy with validation data).  ``seconds`` excludes
     first-run kernel compilation, which is reported as ``compile_seconds``.
 
     ``X, y``: array-likes (converted to C-contiguous arrays of the model's dtype; a copy unless
@@ -122,22 +156,32 @@ def fit(model, X, y=None, epochs=1, batch_size=128, lr=None, optimizer=None, shu
     torch DataLoader) or a callable returning a new one per epoch: streamed data, batched and
     shuffled by the source (``batch_size``, ``shuffle`` and ``seed`` do not apply).
     ``optimizer``: name or instance (copied; default: the model's, else SGD); ``lr`` overrides its
-    rate.  ``schedule``: callable epoch -> lr multiplier (see fastbp.optim).  ``progress``: callable
-    (done, total, loss) after each batch (total is None for streams).  ``on_epoch``: callable
-    (epoch, history).  ``checkpoint``: path; saved after every epoch and, if it exists, resumed from.
+    rate.  ``schedule``: a ``fastbp.schedules`` object (evaluated every step) or a callable epoch ->
+    lr multiplier.  ``validation_data=(X_val, y_val)`` or ``validation_split=f`` (a seeded random
+    fraction f of the training rows, held out) give val_loss / val_accuracy per epoch.
+    ``callbacks``: ``fastbp.callbacks.Callback`` objects (EarlyStopping, ModelCheckpoint, ...; one
+    sets ``model.stop_training`` to stop).  ``verbose``: a progress bar on a terminal and one line
+    per epoch.  ``progress``: callable (done, total, loss) after each batch (total None for
+    streams); ``on_epoch``: callable (epoch, history).  ``checkpoint``: path; saved after every
+    epoch and, if it exists, resumed from (``epochs`` is then the total to reach).
     ``track_grad_norms``: record per-layer gradient norms every ``grad_norm_every`` steps.
     """
     from . import checkpoint as ck
+    from .schedules import as_schedule
     epochs = inputs.positive_int("epochs", epochs)
     B = inputs.positive_int("batch_size", batch_size)
     grad_norm_every = inputs.positive_int("grad_norm_every", grad_norm_every)
     seed = model.seed if seed is None else inputs.integer("seed", seed, 0, 2 ** 63 - 1)
     if lr is not None:
         lr = O.check_lr(lr)
-    if schedule is not None and not callable(schedule):
-        raise TypeError("schedule: expected a callable epoch -> lr multiplier")
+    sched = as_schedule(schedule) if schedule is not None else None
+    cbs = _callbacks(callbacks, progress, on_epoch, verbose)
+    if validation_data is not None and validation_split is not None:
+        raise ValueError("validation_split: give validation_data or validation_split, not both")
     stream = y is None
     if stream:
+        if validation_split is not None:
+            raise ValueError("validation_split: not available for streamed data (pass validation_data)")
         source = _Stream(X, epochs)
         if not model.built:   # the first batch says the width
             head = source.peek()
@@ -150,6 +194,8 @@ def fit(model, X, y=None, epochs=1, batch_size=128, lr=None, optimizer=None, shu
         if not (isinstance(validation_data, (tuple, list)) and len(validation_data) == 2):
             raise ValueError("validation_data: expected a tuple (X_val, y_val)")
         val = model._xy(*validation_data, name="validation_data[0]", yname="validation_data[1]")
+    elif validation_split is not None:
+        X, y, val = _split(model, X, y, validation_split, seed)
     if checkpoint is not None and os.path.exists(checkpoint):
         ck.restore(model, checkpoint)
     _set_optimizer(model, optimizer, lr)
@@ -168,11 +214,12 @@ def fit(model, X, y=None, epochs=1, batch_size=128, lr=None, optimizer=None, shu
             raise ValueError(f"X: BatchNorm in training needs at least {plan.min_train_rows} rows, got {n}")
     nt = get_num_threads()
     model.train()
+    model.stop_training = False
     start_epoch = model.epochs_done
     end_epoch = epochs if checkpoint is not None else start_epoch + epochs
+    for cb in cbs:
+        cb.on_train_begin(model, {"epochs": end_epoch - start_epoch})
     for epoch in range(start_epoch, end_epoch):
-        lr_e = base_lr * (schedule(epoch) if schedule else 1.0)
-        lr_e = O.check_lr(lr_e, "schedule(epoch) * lr")
         if stream:
             batches, total_rows = _stream_batches(model, source.items(), epoch), None
         else:
@@ -180,32 +227,38 @@ def fit(model, X, y=None, epochs=1, batch_size=128, lr=None, optimizer=None, shu
             order = rng.permutation(n) if shuffle else np.arange(n)
             batches, total_rows = _memory_batches(X, y, bounds, order), n
         t0, c0 = time.perf_counter(), compile_seconds[0]
-        total, correct, done = 0.0, 0.0, 0
+        total, correct, done, lr_t = 0.0, 0.0, 0, base_lr
         for rows, fill in batches:
             ws = plan.train_workspace(rows)
             fill(ws)
             model.step_count += 1
             t = model.step_count
-            loss = plan.run(ws, "train", t, lr_e, True, nt, opt, model.opt_state, fuse=fuse)
+            if sched is not None:
+                lr_t = O.check_lr(base_lr * sched.multiplier(t, epoch), "schedule value * lr")
+            loss = plan.run(ws, "train", t, lr_t, True, nt, opt, model.opt_state, fuse=fuse)
             if not math.isfinite(loss):
                 raise FloatingPointError(f"training diverged: loss is {loss} at epoch {epoch + 1}, "
-                                         f"step {t}; lower lr (now {lr_e})")
+                                         f"step {t}; lower lr (now {lr_t})")
             if track_grad_norms and t % grad_norm_every == 0:
                 hist["grad_norms"].append(_grad_norms(plan, ws, t))
             total += loss * rows
             correct += float(ws.stats[1])
             done += rows
-            if progress is not None:
-                progress(done, total_rows, loss)
+            if cbs:
+                logs = {"step": t, "loss": loss, "rows": rows, "done": done, "total": total_rows, "lr": lr_t}
+                for cb in cbs:
+                    cb.on_batch_end(model, t, logs)
+                if model.stop_training:
+                    break
         compiled = compile_seconds[0] - c0   # first-run kernel compilation, reported apart
         secs = time.perf_counter() - t0 - compiled
-        _check_params(plan, f"during epoch {epoch + 1} (last step {model.step_count}); lower lr (now {lr_e})")
+        _check_params(plan, f"during epoch {epoch + 1} (last step {model.step_count}); lower lr (now {lr_t})")
         hist["epoch"].append(epoch + 1)
         hist["loss"].append(total / done)
         hist["accuracy"].append(correct / done if plan.loss.has_accuracy else None)
         hist["seconds"].append(secs)
         hist["samples_per_s"].append(done / secs if secs > 0 else float("inf"))
-        hist["lr"].append(lr_e)
+        hist["lr"].append(lr_t)
         hist["compile_seconds"].append(compiled)
         if val is not None:
             ev = model.evaluate(*val)
@@ -213,10 +266,19 @@ def fit(model, X, y=None, epochs=1, batch_size=128, lr=None, optimizer=None, shu
             hist["val_loss"].append(ev["loss"])
             hist["val_accuracy"].append(ev.get("accuracy"))
         model.epochs_done = epoch + 1
+        logs = {k: hist[k][-1] for k in ("epoch", "loss", "accuracy", "seconds", "lr")}
+        logs.update(val_loss=hist["val_loss"][-1] if val is not None else None,
+                    val_accuracy=hist["val_accuracy"][-1] if val is not None else None)
+        if sched is not None:
+            sched.observe(logs)
         if checkpoint is not None:
             model.save(checkpoint)
-        if on_epoch is not None:
-            on_epoch(epoch, hist)
+        for cb in cbs:
+            cb.on_epoch_end(model, epoch, logs)
+        if model.stop_training:
+            break
+    for cb in cbs:
+        cb.on_train_end(model, {"epochs_done": model.epochs_done})
     return hist
 
 
