@@ -59,6 +59,11 @@ def build_parser():
     t.add_argument("--save", default=None, help="save the trained model (.npz or .safetensors)")
     t.add_argument("--checkpoint", default=None, help="save after every epoch to this file (.npz)")
     t.add_argument("--resume", action="store_true", help="continue from --checkpoint if it exists")
+    t.add_argument("--validation-split", type=float, default=None,
+                   help="hold out this fraction of the training set for per-epoch validation (the test set is "
+                        "then evaluated once, at the end); without it the test set is the per-epoch validation")
+    t.add_argument("--early-stopping", type=_positive(int), default=None, metavar="N",
+                   help="stop when the validation loss has not improved for N epochs; keep the best epoch")
     t.add_argument("--history", default=None, help="write the history as JSON (or CSV if it ends in .csv)")
     t.add_argument("--no-progress", action="store_true",
                    help="no progress bar (it is also off when stderr is not a terminal)")
@@ -84,14 +89,22 @@ def build_parser():
     g.add_argument("--threshold", type=_positive(float), default=1e-5, help="fail above this relative error")
     g.add_argument("--seed", type=int, default=0, help="seed of the net and the data")
 
-    e = sp("experiment", help="the classic backprop experiments")
+    e = sp("experiment", help="the seed articles' experiments: vanishing (000) and regularizers (003)")
     e.add_argument("name", choices=["vanishing", "regularizers"], help="which experiment")
     e.add_argument("--out", default=None, help="output folder (default ./runs/<experiment>/)")
     e.add_argument("--force", action="store_true", help="write into a non-empty output folder")
-    e.add_argument("--seed", type=int, default=0, help="seed of the weights and shuffles")
-    e.add_argument("--epochs", type=_positive(int), default=5, help="regularizers: epochs per run")
-    e.add_argument("--steps", type=_positive(int), default=2000, help="vanishing: at most this many full-batch steps")
-    e.add_argument("--lr", type=_positive(float), default=None, help="default 1.0 (vanishing) / 0.1 (regularizers)")
+    e.add_argument("--seed", type=int, default=0, help="seed of the data, weights and shuffles")
+    e.add_argument("--epochs", type=_positive(int), default=None,
+                   help="default: 300 (vanishing, article), 2000 (vanishing, full-batch), 5 (regularizers)")
+    e.add_argument("--lr", type=_positive(float), default=None,
+                   help="default: eta 3.0 (vanishing, article), 1.0 (full-batch), adam 0.001 / sgd 0.1 (regularizers)")
+    e.add_argument("--variant", choices=["article", "full-batch"], default="article",
+                   help="vanishing: article 000's data, cost and mini-batch SGD, or the earlier full-batch set-up")
+    e.add_argument("--relu", action="store_true", help="vanishing: also train the same net with ReLU hidden layers")
+    e.add_argument("--optimizer", choices=["adam", "sgd"], default="adam", help="regularizers: update rule")
+    e.add_argument("--no-bias", action="store_true", help="regularizers: layers without bias (as in article 003)")
+    e.add_argument("--validation-split", type=float, default=0.1,
+                   help="regularizers: fraction of the training set held out for validation")
     e.add_argument("--data-dir", default=None, help="folder with the Fashion-MNIST IDX files")
     e.add_argument("--subset", type=_positive(int), default=None, help="regularizers: use the first N samples")
 
@@ -157,15 +170,13 @@ def cmd_experiment(args):
     if os.path.isdir(out) and os.listdir(out) and not args.force:
         raise UsageError(f"--out {out}: folder is not empty (earlier results?); pass --force to write into it "
                          "or choose another --out")
-    try:
-        if args.name == "vanishing":
-            experiments.vanishing(out, seed=args.seed, max_steps=args.steps, lr=args.lr or 1.0)
-        else:
-            experiments.regularizers(out, epochs=args.epochs, lr=args.lr or 0.1, seed=args.seed,
-                                     data_dir=args.data_dir, subset=args.subset)
-    except FileNotFoundError as e:
-        print(f"fastbp: {e}", file=sys.stderr)
-        return 2
+    if args.name == "vanishing":
+        experiments.vanishing(out, seed=args.seed, variant=args.variant, relu=args.relu, epochs=args.epochs,
+                              lr=args.lr)
+    else:
+        experiments.regularizers(out, epochs=args.epochs or 5, lr=args.lr, seed=args.seed, data_dir=args.data_dir,
+                                 subset=args.subset, optimizer=args.optimizer, bias=not args.no_bias,
+                                 validation_split=args.validation_split)
     return 0
 
 
@@ -230,7 +241,8 @@ def cmd_train(args):
     print(f"{args.dataset} ({folder}): {X.shape[0]} train / {Xt.shape[0]} test, "
           f"{X.shape[1]}-{'-'.join(map(str, args.hidden))}-{n_out} {args.activation}, "
           f"batch {args.batch_size}, {args.optimizer} lr {opt.lr:g}, {fastbp.get_num_threads()} threads")
-    header = (f"{'epoch':>5} {'train loss':>10} {'train acc':>9} {'test loss':>10} {'test acc':>9} "
+    vname = "val" if args.validation_split else "test"
+    header = (f"{'epoch':>5} {'train loss':>10} {'train acc':>9} {vname + ' loss':>10} {vname + ' acc':>9} "
               f"{'seconds':>8} {'samples/s':>10}")
     rows = []
     bar = None
@@ -265,9 +277,12 @@ def cmd_train(args):
             print(f"      (kernels compiled in {h['compile_seconds'][-1]:.1f} s, not counted in the epoch time)",
                   flush=True)
 
+    from fastbp.callbacks import EarlyStopping
+    val = {"validation_split": args.validation_split} if args.validation_split else {"validation_data": (Xt, yt)}
+    stopper = [EarlyStopping("val_loss", patience=args.early_stopping)] if args.early_stopping else []
     try:
         h = model.fit(X, y, epochs=args.epochs, batch_size=args.batch_size, optimizer=opt, seed=args.seed,
-                      validation_data=(Xt, yt), progress=progress, on_epoch=on_epoch, checkpoint=args.checkpoint)
+                      progress=progress, on_epoch=on_epoch, checkpoint=args.checkpoint, callbacks=stopper, **val)
     except KeyboardInterrupt:
         close_bar()
         where = f"interrupted in epoch {model.epochs_done + 1} (step {model.step_count})"
@@ -278,6 +293,12 @@ def cmd_train(args):
         else:
             print(f"fastbp: {where}; nothing saved", file=sys.stderr)
         return 130
+    if stopper and stopper[0].stopped_epoch:
+        print(f"early stopping after epoch {stopper[0].stopped_epoch}: kept epoch {stopper[0].best_epoch} "
+              f"(best {vname} loss)")
+    if args.validation_split or stopper:
+        ev = model.evaluate(Xt, yt)
+        print(f"test loss {ev['loss']:.4f}, test accuracy {100 * ev['accuracy']:.2f}% (final model)")
     if args.save:
         model.save(args.save)
         print(f"saved {args.save}")

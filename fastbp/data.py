@@ -210,28 +210,50 @@ def load_mnist(data_dir=None, download=True, normalize=True):
     return _load(paths, normalize)
 
 
-def make_spheres(n=1000, radius=1.0, distance=3.0, seed=0, dtype=np.float32):
-    """The two-sphere data: two labelled 3-D point clouds, ``n`` points in all (half each, shuffled),
-    sampled uniformly inside two balls of ``radius`` whose centres lie ``distance`` apart on the
-    diagonal: label 0 around the origin, label 1 around ``distance / sqrt(3) * (1, 1, 1)``.
+ARTICLE_000_SPHERES = {"centers": ((1.0, 1.0, 1.0), (-1.0, 2.0, -7.0)), "radii": 1.0, "labels": (1, 0),
+                       "n_per_class": 100}
 
-    With distance > 2 radius the classes are separable (by a plane), which a small sigmoid MLP
-    such as 3-3-2-1 learns; the set is the toy problem of the vanishing-gradient experiment.
-    Returns (X (n, 3), y (n,) int64).
+
+def make_spheres(n_per_class=100, centers=((1.0, 1.0, 1.0), (-1.0, 2.0, -7.0)), radii=1.0, labels=(1, 0), seed=0,
+                 dtype=np.float32):
+    """Labelled point clouds sampled uniformly inside balls: ``n_per_class`` points (an int, or
+    one per class) inside the ball of radius ``radii`` (one, or one per class) around each of
+    ``centers``, labelled ``labels``; rows shuffled.  Returns (X (n, d), y (n,) int64).
+
+    The defaults are article 000's data (the vanishing-gradient experiment): centres (1, 1, 1)
+    and (-1, 2, -7), radius 1, 100 points each, labels 1 and 0.
     """
-    if n < 2:
-        raise ValueError(f"n: expected >= 2, got {n}")
-    if not distance > 0 or not radius > 0:
-        raise ValueError("radius and distance must be > 0")
+    C = np.asarray(centers, dtype=np.float64)
+    if C.ndim != 2 or C.shape[0] < 1 or C.shape[1] < 1 or not np.isfinite(C).all():
+        raise ValueError(f"centers: expected a finite (classes, dims) list of centres, got {centers!r}")
+    k, d = C.shape
+    counts = np.broadcast_to(np.asarray(n_per_class), (k,)) if np.ndim(n_per_class) == 0 else np.asarray(n_per_class)
+    if counts.shape != (k,) or counts.dtype.kind not in "iu" or (counts < 1).any():
+        raise ValueError(f"n_per_class: expected a positive int or one per centre ({k}), got {n_per_class!r}")
+    R = np.broadcast_to(np.asarray(radii, dtype=np.float64), (k,)) if np.ndim(radii) == 0 else \
+        np.asarray(radii, dtype=np.float64)
+    if R.shape != (k,) or not (R > 0).all() or not np.isfinite(R).all():
+        raise ValueError(f"radii: expected a radius > 0 or one per centre ({k}), got {radii!r}")
+    lab = np.asarray(labels)
+    if lab.shape != (k,) or lab.dtype.kind not in "iu":
+        raise ValueError(f"labels: expected one int label per centre ({k}), got {labels!r}")
     rng = np.random.default_rng(seed)
-    d = rng.standard_normal((n, 3))
-    d /= np.linalg.norm(d, axis=1, keepdims=True)
-    r = radius * rng.random(n) ** (1 / 3)          # uniform in the ball
-    y = np.arange(n) % 2
-    centre = np.full(3, distance / np.sqrt(3))
-    X = d * r[:, None] + y[:, None] * centre
-    perm = rng.permutation(n)
-    return X[perm].astype(dtype), y[perm].astype(np.int64)
+    Xs, ys = [], []
+    for c, r, m, lb in zip(C, R, counts, lab):
+        u = rng.standard_normal((int(m), d))
+        u /= np.linalg.norm(u, axis=1, keepdims=True)
+        Xs.append(c + u * (r * rng.random(int(m)) ** (1 / d))[:, None])    # uniform in the ball
+        ys.append(np.full(int(m), lb, np.int64))
+    X, y = np.concatenate(Xs), np.concatenate(ys)
+    perm = rng.permutation(X.shape[0])
+    return X[perm].astype(dtype), y[perm]
+
+
+def diagonal_spheres(n, distance=3.0, seed=0, dtype=np.float32):
+    """The earlier toy set: ``n`` points, two unit balls ``distance`` apart on the diagonal
+    (label 0 at the origin, 1 at ``distance / sqrt(3) * (1, 1, 1)``)."""
+    far = tuple([distance / np.sqrt(3)] * 3)
+    return make_spheres((n - n // 2, n // 2), centers=((0.0, 0.0, 0.0), far), labels=(0, 1), seed=seed, dtype=dtype)
 
 
 def load(name, data_dir=None, normalize=True):
@@ -240,7 +262,7 @@ def load(name, data_dir=None, normalize=True):
     if name == "mnist":
         return load_mnist(data_dir, normalize=normalize)
     if name == "sphere":
-        Xtr, ytr = make_spheres(2000, seed=0)
-        Xte, yte = make_spheres(1000, seed=1)
+        Xtr, ytr = diagonal_spheres(2000, seed=0)
+        Xte, yte = diagonal_spheres(1000, seed=1)
         return (Xtr, ytr), (Xte, yte)
     raise ValueError(f"dataset: expected mnist, fashion-mnist or sphere, got {name!r}")

@@ -102,11 +102,26 @@ def test_download_verifies_sha256(tmp_path, monkeypatch):
     assert os.listdir(tmp_path) == [], "a file failing verification must not be kept"
 
 
-def test_spheres():
-    X, y = data.make_spheres(400, seed=0)
+def test_spheres_default_to_article_000():
+    X, y = data.make_spheres()
+    assert X.shape == (200, 3) and X.dtype == np.float32 and (np.bincount(y) == [100, 100]).all()
+    assert np.linalg.norm(X[y == 1] - np.array([1, 1, 1]), axis=1).max() <= 1 + 1e-6
+    assert np.linalg.norm(X[y == 0] - np.array([-1, 2, -7]), axis=1).max() <= 1 + 1e-6
+    assert np.linalg.norm(X[y == 1] - np.array([1, 1, 1]), axis=1).min() < 0.5    # filled balls, not shells
+    np.testing.assert_array_equal(X, data.make_spheres()[0])
+    X3, y3 = data.make_spheres((5, 7), centers=((0, 0), (9, 9), ), radii=(0.5, 2.0), labels=(3, 4), seed=2)
+    assert X3.shape == (12, 2) and (np.bincount(y3)[3:] == [5, 7]).all()
+    for bad in (dict(radii=0), dict(n_per_class=0), dict(centers=((1, 2, 3),), labels=(0, 1)),
+                dict(centers=((np.nan, 0, 0), (1, 1, 1)))):
+        with pytest.raises(ValueError, match=next(iter(bad)) if "labels" not in bad else "labels"):
+            data.make_spheres(**bad)
+
+
+def test_diagonal_spheres():
+    X, y = data.diagonal_spheres(400, seed=0)
     assert X.shape == (400, 3) and set(np.unique(y)) == {0, 1}
     c1 = np.full(3, 3 / np.sqrt(3))
     assert np.linalg.norm(X[y == 0], axis=1).max() <= 1 + 1e-6
     assert np.linalg.norm(X[y == 1] - c1, axis=1).max() <= 1 + 1e-6
-    X2, y2 = data.make_spheres(400, seed=0)
+    X2, y2 = data.diagonal_spheres(400, seed=0)
     assert np.array_equal(X, X2)

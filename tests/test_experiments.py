@@ -32,38 +32,55 @@ def test_gradcheck_cli_exit_codes(capsys):
     assert "FAILED" in capsys.readouterr().out
 
 
-def test_vanishing_experiment_sigmoid_deltas_shrink_toward_input(tmp_path):
+def test_vanishing_experiment_on_article_000_data_sigmoid_deltas_shrink_toward_input(tmp_path):
     out = []
-    res, files = experiments.vanishing(str(tmp_path), seed=0, max_steps=300, say=out.append)
+    res, files = experiments.vanishing(str(tmp_path), seed=0, relu=True, say=out.append)
     sig = list(res["sigmoid"]["deltas"].values())     # input layer first
     assert sig[0] < sig[1] < sig[2], sig
     assert res["sigmoid"]["steps_to_target"] is not None and res["relu"]["steps_to_target"] is not None
     text = "\n".join(out)
-    assert "steps to loss<=0.01" in text and "relu" in text
+    assert "article 000's spheres" in text and "C = 1/(2n)" in text and "steps to cost<=0.01" in text
     pngs = [f for f in files if f.endswith(".png")]
     assert len(pngs) == 1
     assert_png_with_content(pngs[0])
     h = load_history(tmp_path / "history_sigmoid.json")
-    assert len(h["grad_norms"]) == 300 and "layer0.delta" in h["grad_norms"][0]
+    assert len(h["grad_norms"]) == 300 * 20 and "layer0.delta" in h["grad_norms"][0]   # 200 rows / batch 10
+
+
+def test_vanishing_full_batch_variant(tmp_path):
+    res, _ = experiments.vanishing(str(tmp_path), variant="full-batch", epochs=300, say=lambda *a: None)
+    sig = list(res["sigmoid"]["deltas"].values())
+    assert sig[0] < sig[-1] and set(res) == {"sigmoid"}
+    with pytest.raises(ValueError, match="variant"):
+        experiments.vanishing(str(tmp_path), variant="nope")
 
 
 def test_regularizers_experiment_writes_three_figures_and_a_table(tmp_path):
     out = []
-    summary, files = experiments.regularizers(str(tmp_path), epochs=1, subset=1200, say=out.append)
+    summary, files = experiments.regularizers(str(tmp_path), epochs=1, subset=1200, say=out.append, bias=False)
     assert set(summary) == set(experiments.REGULARIZER_RUNS)
     for r in summary.values():
-        assert 0 <= r["test_accuracy"] <= 1 and r["seconds"] > 0
+        assert 0 <= r["test_accuracy"] <= 1 and 0 <= r["val_accuracy"] <= 1 and r["seconds"] > 0
     pngs = sorted(f for f in files if f.endswith(".png"))
     assert [p.rsplit("/", 1)[1] for p in pngs] == ["batchnorm.png", "dropout.png", "input_normalization.png"]
     for p in pngs:
         assert_png_with_content(p)
-    assert "test acc" in "\n".join(out)
+    text = "\n".join(out)
+    assert "test acc" in text and "adam lr 0.001" in text and "(no bias)" in text
+    assert "1080 train / 120 validation / 200 test" in text
+
+
+def test_experiment_refuses_a_non_empty_folder_without_force(tmp_path, capsys):
+    (tmp_path / "old.txt").write_text("x")
+    assert cli.main(["experiment", "vanishing", "--out", str(tmp_path), "--epochs", "2"]) == 2
+    assert "--force" in capsys.readouterr().err
+    assert cli.main(["experiment", "vanishing", "--out", str(tmp_path), "--epochs", "2", "--force"]) == 0
 
 
 def test_experiment_without_matplotlib_prints_table_and_hint(tmp_path, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "matplotlib", None)   # import matplotlib -> ImportError
     assert not plotting.available()
-    rc = cli.main(["experiment", "vanishing", "--out", str(tmp_path), "--steps", "50"])
+    rc = cli.main(["experiment", "vanishing", "--out", str(tmp_path), "--epochs", "5"])
     out = capsys.readouterr().out
     assert rc == 0
     assert "pip install 'fastbp[plot]'" in out and "sigmoid" in out
@@ -85,3 +102,26 @@ def test_history_export_and_plot_command(tmp_path, ext, capsys):
     assert cli.main(["plot", str(p), "--out", str(png)]) == 0
     assert str(png) in capsys.readouterr().out
     assert_png_with_content(png)
+
+
+def test_curves_integer_epoch_ticks_validation_labels_and_no_empty_panel(tmp_path):
+    import matplotlib
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+    h = {"epoch": [1, 2, 3, 4], "loss": [1.0, 0.5, 0.4, 0.3], "val_loss": [1.1, 0.6, 0.5, 0.45],
+         "accuracy": [None] * 4, "val_accuracy": [None] * 4}
+    captured = {}
+    real_save = plotting._save
+    plotting._save = lambda fig, path: captured.setdefault("fig", fig) and real_save(fig, path)
+    try:
+        plotting.curves({"mse run": h}, str(tmp_path / "c.png"), "t")
+    finally:
+        plotting._save = real_save
+    fig = captured["fig"]
+    axes = fig.axes
+    assert len(axes) == 1, "a regression history has no accuracy panel"
+    ticks = [t for t in axes[0].get_xticks() if 1 <= t <= 4]
+    assert ticks and all(float(t).is_integer() for t in ticks), ticks
+    labels = [t.get_text() for t in axes[0].get_legend().get_texts()]
+    assert "mse run validation" in labels and not any("test" in label for label in labels)
+    plt.close("all")
