@@ -144,3 +144,48 @@ def bench_fashion_mnist_epoch(benchmark, source):
     else:
         stream = shuffled_batches(X, y, 128)
         benchmark.pedantic(lambda: m.fit(stream, epochs=1, lr=0.1), rounds=3, iterations=1)
+
+
+@pytest.mark.parametrize("peer", ["torch", "jax"])
+@pytest.mark.parametrize("batch", [32, 128, 512])
+def bench_peer_training_step(benchmark, rng, peer, batch):
+    """The same step in PyTorch eager and JAX jit, in this process (``fastbp bench`` times them in
+    their own processes, which is the fairer figure: here their pools share the cores with numba's)."""
+    pytest.importorskip(peer, reason=f"{peer} not installed")
+    X = rng.random((batch, 784), dtype=np.float32)
+    y = rng.integers(0, 10, batch)
+    if peer == "torch":
+        import torch
+        torch.set_num_threads(fastbp.get_num_threads())
+        net = torch.nn.Sequential(torch.nn.Linear(784, 512), torch.nn.Tanh(), torch.nn.Linear(512, 512),
+                                  torch.nn.Tanh(), torch.nn.Linear(512, 10))
+        opt = torch.optim.SGD(net.parameters(), lr=0.01)
+        Xt, yt, lossf = torch.from_numpy(X), torch.from_numpy(y), torch.nn.CrossEntropyLoss()
+
+        def step():
+            opt.zero_grad(set_to_none=True)
+            lossf(net(Xt), yt).backward()
+            opt.step()
+        benchmark(step)
+    else:
+        import jax
+        import jax.numpy as jnp
+        sizes = (784, 512, 512, 10)
+        ps = [(jnp.asarray((rng.standard_normal((d, f)) / np.sqrt(d)).astype(np.float32)), jnp.zeros(f))
+              for d, f in zip(sizes[:-1], sizes[1:])]
+
+        def loss(ps, X, y):
+            h = X
+            for i, (W, b) in enumerate(ps):
+                h = h @ W + b
+                h = jnp.tanh(h) if i < 2 else h
+            return -jnp.mean(jax.nn.log_softmax(h)[jnp.arange(h.shape[0]), y])
+        step = jax.jit(lambda ps, X, y: jax.tree_util.tree_map(lambda p, d: p - 0.01 * d, ps,
+                                                               jax.grad(loss)(ps, X, y)))
+        Xj, yj = jnp.asarray(X), jnp.asarray(y)
+        state = {"ps": step(ps, Xj, yj)}
+
+        def run():
+            state["ps"] = step(state["ps"], Xj, yj)
+            jax.block_until_ready(state["ps"])
+        benchmark(run)

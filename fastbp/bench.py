@@ -1,8 +1,11 @@
 """``fastbp bench``: one training step of the 784-512-512-10 tanh MLP (softmax-CE, float32, SGD),
-fastbp vs the numpy reference vs the GEMM floor vs PyTorch (if importable), as ratios of one run.
+fastbp vs the numpy reference vs the GEMM floor vs PyTorch eager and JAX jit (when installed), as
+ratios of one run, beside the machine's sgemm peak measured in the same run.
 
-Each contender is timed in ~50 ms blocks taken round-robin (median of ``repeat`` blocks), in the
-same run, and the table reports ratios.  PyTorch runs in its own process (see _torch_in_subprocess).
+Each contender is timed in ~50 ms blocks taken round-robin (``repeat`` blocks; min/median/max
+reported, median used for ratios).  Peers run in their own processes (see _peer_in_subprocess).
+The JSON carries the machine, CPU flags, versions, threads, BLAS and commit (``metadata``);
+``compare`` reads an earlier JSON and flags regressions.
 """
 import statistics
 import time
@@ -92,24 +95,144 @@ for _ in range(repeat):
     for _ in range(n):
         step()
     ts.append((time.perf_counter() - t) / n)
-print(json.dumps({"ms": statistics.median(ts) * 1e3, "threads": torch.get_num_threads()}))
+print(json.dumps({"samples": ts, "threads": torch.get_num_threads()}))
+"""
+
+_JAX_SCRIPT = r"""
+import json, os, sys, time
+B, repeat, threads = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+cpus = sorted(os.sched_getaffinity(0))[:threads]
+os.sched_setaffinity(0, cpus)          # XLA's CPU pool follows the cores this process may use
+import jax, jax.numpy as jnp
+import numpy as np
+rng = np.random.default_rng(0)
+sizes = (784, 512, 512, 10)
+params = [(jnp.asarray((rng.standard_normal((d, f)) / np.sqrt(d)).astype(np.float32)), jnp.zeros(f, jnp.float32))
+          for d, f in zip(sizes[:-1], sizes[1:])]
+X = jnp.asarray(rng.random((B, 784), dtype=np.float32)); y = jnp.asarray(rng.integers(0, 10, B))
+def loss(ps, X, y):
+    h = X
+    for i, (W, b) in enumerate(ps):
+        h = h @ W + b
+        if i < len(ps) - 1:
+            h = jnp.tanh(h)
+    return -jnp.mean(jax.nn.log_softmax(h)[jnp.arange(h.shape[0]), y])
+@jax.jit
+def step(ps, X, y):
+    g = jax.grad(loss)(ps, X, y)
+    return jax.tree_util.tree_map(lambda p, d: p - 0.01 * d, ps, g)
+for _ in range(5):
+    params = step(params, X, y)
+jax.block_until_ready(params)
+t = time.perf_counter()
+for _ in range(3):
+    params = step(params, X, y)
+jax.block_until_ready(params); one = (time.perf_counter() - t) / 3
+n = max(1, int(0.05 / max(one, 1e-7)))
+ts = []
+for _ in range(repeat):
+    t = time.perf_counter()
+    for _ in range(n):
+        params = step(params, X, y)
+    jax.block_until_ready(params)
+    ts.append((time.perf_counter() - t) / n)
+print(json.dumps({"samples": ts, "threads": len(cpus), "version": jax.__version__}))
 """
 
 
-def _torch_in_subprocess(B, repeat, threads):
-    """PyTorch's step timed in its own process: in ours its OpenMP pool and numba's would spin
-    against each other and we would measure that contention, not PyTorch."""
+PEER_SCRIPTS = {"torch": _TORCH_SCRIPT, "jax": _JAX_SCRIPT}
+
+
+def peers_available():
     import importlib.util
+    return [p for p in PEER_SCRIPTS if importlib.util.find_spec(p) is not None]
+
+
+def _peer_in_subprocess(peer, B, repeat, threads):
+    """A peer's step timed in its own process (samples in seconds, or None): in ours its thread
+    pool and numba's would spin against each other and we would measure that contention."""
     import json
     import subprocess
     import sys
-    if importlib.util.find_spec("torch") is None:
-        return None
-    r = subprocess.run([sys.executable, "-c", _TORCH_SCRIPT, str(B), str(repeat), str(threads)],
-                       capture_output=True, text=True, timeout=600)
+    r = subprocess.run([sys.executable, "-c", PEER_SCRIPTS[peer], str(B), str(repeat), str(threads)],
+                       capture_output=True, text=True, timeout=900)
     if r.returncode != 0:
         return None
-    return json.loads(r.stdout.strip().splitlines()[-1])["ms"] / 1e3
+    return json.loads(r.stdout.strip().splitlines()[-1])["samples"]
+
+
+def sgemm_peak(threads, n=2048, repeat=5):
+    """The machine's sgemm GFLOP/s with ``threads`` threads (numpy's BLAS on an n x n x n float32
+    product, best of ``repeat``): the ceiling every step time is reported against."""
+    from threadpoolctl import threadpool_limits
+    rng = np.random.default_rng(0)
+    A, B = rng.random((n, n), dtype=np.float32), rng.random((n, n), dtype=np.float32)
+    C = np.empty((n, n), np.float32)
+    best = np.inf
+    with threadpool_limits(threads, user_api="blas"):
+        np.dot(A, B, out=C)
+        for _ in range(repeat):
+            t = time.perf_counter()
+            np.dot(A, B, out=C)
+            best = min(best, time.perf_counter() - t)
+    return 2 * n ** 3 / best / 1e9
+
+
+def step_flops(B):
+    """Multiply-adds x 2 of one training step: forward, dW and dx GEMMs (no dx for layer 1)."""
+    mm = sum(d * f for d, f in zip(SIZES[:-1], SIZES[1:]))
+    return 2 * B * (3 * mm - SIZES[0] * SIZES[1])
+
+
+def metadata():
+    """What the figures depend on: machine, CPU flags, library versions, threads, BLAS, commit."""
+    import datetime
+    import os
+    import platform
+    import subprocess
+    from importlib import metadata as md
+
+    import fastbp
+    cpu, flags = platform.processor(), []
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name") and not cpu.strip():
+                    cpu = line.split(":", 1)[1].strip()
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                if line.startswith("flags"):
+                    have = set(line.split(":", 1)[1].split())
+                    flags = sorted(have & {"avx", "avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512_bf16",
+                                           "avx512_vnni", "amx_bf16", "amx_tile", "sve", "neon"})
+                    break
+    except OSError:
+        pass
+    versions = {}
+    for pkg in ("fastbp", "numpy", "numba", "scipy", "blis", "torch", "jax", "jaxlib"):
+        try:
+            versions[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            pass
+    commit = None
+    src = os.path.dirname(os.path.dirname(os.path.abspath(fastbp.__file__)))
+    try:
+        r = subprocess.run(["git", "-C", src, "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
+        if r.returncode == 0:
+            commit = r.stdout.strip()
+            dirty = subprocess.run(["git", "-C", src, "status", "--porcelain", "--untracked-files=no"],
+                                   capture_output=True, text=True, timeout=10).stdout.strip()
+            commit += "+dirty" if dirty else ""
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "host": platform.node(), "machine": platform.machine(), "cpu": cpu, "cpu_flags": flags,
+            "cpus": os.cpu_count(), "usable_cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+            else None, "python": platform.python_version(), "versions": versions, "commit": commit,
+            "threading": fastbp.threading_info(), "load_average": list(os.getloadavg())}
+
+
+WIDE_SPREAD = 0.25
 
 
 def _measure(contenders, repeat, target=0.05):
@@ -129,41 +252,80 @@ def _measure(contenders, repeat, target=0.05):
             time.sleep(0.2)   # OpenBLAS threads spin ~0.1 s after their last call
             fn()
             samples[name].append(_timeit(fn, numbers[name]))
-    return {name: statistics.median(v) for name, v in samples.items()}
+    return samples
+
+
+def spread(samples):
+    """min / median / max of a list of seconds, and the relative spread (max - min) / median."""
+    med = statistics.median(samples)
+    return {"min": min(samples), "median": med, "max": max(samples), "spread": (max(samples) - min(samples)) / med}
 
 
 def run(batch_sizes=(32, 128, 512, 2048), repeat=7, peers=True, scaling=True, epoch=False, data_dir=None,
         out=None):
+    import os
+
     import fastbp
     say = (lambda s: print(s, file=out, flush=True)) if out is not None else (lambda s: None)
     rng = np.random.default_rng(0)
-    info = fastbp.threading_info()
-    res = {"model": "784-512-512-10 tanh softmax-CE float32 SGD", "threads": fastbp.get_num_threads(),
-           "steps": [], "scaling": [], "epoch": None}
-    import importlib.util
-    has_torch = peers and importlib.util.find_spec("torch") is not None
-    say(f"threads {res['threads']}; BLAS {info['blas']} (single-threaded per call); "
-        f"torch {'timed in a subprocess, same thread count' if has_torch else 'not installed / skipped'}")
-    head = f"{'batch':>6} {'fastbp ms':>10} {'numpy ms':>9} {'floor ms':>9} {'torch ms':>9} " \
-           f"{'vs numpy':>9} {'vs floor':>9} {'vs torch':>9}"
+    meta = metadata()
+    nt = fastbp.get_num_threads()
+    res = {"model": "784-512-512-10 tanh softmax-CE float32 SGD", "threads": nt, "meta": meta,
+           "steps": [], "scaling": [], "epoch": None, "warnings": []}
+
+    def warn(msg):
+        res["warnings"].append(msg)
+        say(f"WARNING: {msg}")
+    load = meta["load_average"][0]
+    if load > 0.5:
+        warn(f"the machine is busy before the benchmark starts (1-minute load average {load:.2f} on "
+             f"{meta['cpus']} CPUs): figures may be slow and noisy")
+    peer_list = peers_available() if peers else []
+    peak = sgemm_peak(nt)
+    res["sgemm_peak_gflops"] = peak
+    say(f"fastbp {meta['versions'].get('fastbp')} ({meta['commit'] or 'no git commit'}); {meta['cpu']}; "
+        f"threads {nt}; BLAS {meta['threading']['blas']} (single-threaded per call); sgemm peak with {nt} threads "
+        f"{peak:.0f} GFLOP/s; peers: {', '.join(peer_list) or 'none installed / skipped'} (own processes)")
+    say("step times: median of blocks [min-max]; 'peak' = share of the sgemm peak the step's GEMM FLOPs reach")
+    head = f"{'batch':>6} {'fastbp ms':>20} {'peak':>5} {'numpy ms':>9} {'floor ms':>9}" + \
+        "".join(f" {p + ' ms':>20}" for p in peer_list) + f" {'vs numpy':>9} {'vs floor':>9}" + \
+        "".join(f" {'vs ' + p:>8}" for p in peer_list)
     say(head)
     for B in batch_sizes:
         np_g, fb_g = _gemm_floor_steps(B, rng)
         c = {"fastbp": _fastbp_step(B, rng), "numpy": _reference_step(B, rng), "gemm_numpy": np_g,
              "gemm_fastbp": fb_g}
-        m = _measure(c, repeat)
-        t = _torch_in_subprocess(B, repeat, fastbp.get_num_threads()) if peers else None
-        if t is not None:
-            m["torch"] = t
+        samples = _measure(c, repeat)
+        for p in peer_list:
+            ps = _peer_in_subprocess(p, B, repeat, nt)
+            if ps is None:
+                warn(f"{p} failed to run at batch {B}")
+            else:
+                samples[p] = ps
+        st = {k: spread(v) for k, v in samples.items()}
+        m = {k: v["median"] for k, v in st.items()}
         floor = min(m["gemm_numpy"], m["gemm_fastbp"])
         row = {"batch": B, **{k + "_ms": v * 1e3 for k, v in m.items()}, "floor_ms": floor * 1e3,
-               "ratio_numpy": m["fastbp"] / m["numpy"], "ratio_floor": m["fastbp"] / floor,
-               "ratio_torch": m["fastbp"] / m["torch"] if "torch" in m else None}
+               "spread": {k: {q: (v[q] * 1e3 if q != "spread" else v[q]) for q in v} for k, v in st.items()},
+               "share_of_peak": step_flops(B) / m["fastbp"] / 1e9 / peak,
+               "ratio_numpy": m["fastbp"] / m["numpy"], "ratio_floor": m["fastbp"] / floor}
+        for p in peer_list:
+            row[f"ratio_{p}"] = m["fastbp"] / m[p] if p in m else None
         res["steps"].append(row)
-        tm = f"{m['torch'] * 1e3:9.3f}" if "torch" in m else f"{'-':>9}"
-        tr = f"{row['ratio_torch']:9.2f}" if row["ratio_torch"] else f"{'-':>9}"
-        say(f"{B:>6} {m['fastbp'] * 1e3:10.3f} {m['numpy'] * 1e3:9.3f} {floor * 1e3:9.3f} {tm} "
-            f"{row['ratio_numpy']:9.2f} {row['ratio_floor']:9.2f} {tr}")
+        for k, v in st.items():
+            if v["spread"] > WIDE_SPREAD:
+                warn(f"batch {B}: {k} blocks spread {100 * v['spread']:.0f}% (min {v['min'] * 1e3:.3f}, max "
+                     f"{v['max'] * 1e3:.3f} ms): the machine is noisy, compare ratios with care")
+
+        def cell(k, st=st):
+            if k not in st:
+                return f"{'-':>20}"
+            v = st[k]
+            return f"{v['median'] * 1e3:8.3f} [{v['min'] * 1e3:.2f}-{v['max'] * 1e3:.2f}]".rjust(20)
+        say(f"{B:>6} {cell('fastbp')} {100 * row['share_of_peak']:4.0f}% {m['numpy'] * 1e3:9.3f} "
+            f"{floor * 1e3:9.3f}"
+            + "".join(f" {cell(p)}" for p in peer_list) + f" {row['ratio_numpy']:9.2f} {row['ratio_floor']:9.2f}"
+            + "".join(f" {row[f'ratio_{p}']:8.2f}" if row.get(f"ratio_{p}") else f" {'-':>8}" for p in peer_list))
     if scaling:
         say("\nthread scaling, batch 128 (fastbp step)")
         say(f"{'threads':>7} {'ms':>8} {'speedup':>8}")
@@ -173,15 +335,45 @@ def run(batch_sizes=(32, 128, 512, 2048), repeat=7, peers=True, scaling=True, ep
         try:
             for n in range(1, numba.config.NUMBA_NUM_THREADS + 1):
                 fastbp.set_num_threads(n)
-                t = _measure({"s": _fastbp_step(128, rng)}, repeat)["s"]
+                t = spread(_measure({"s": _fastbp_step(128, rng)}, repeat)["s"])["median"]
                 base = base or t
                 res["scaling"].append({"threads": n, "ms": t * 1e3, "speedup": base / t})
                 say(f"{n:>7} {t * 1e3:8.3f} {base / t:8.2f}")
         finally:
             fastbp.set_num_threads(n0)
+        if len(res["scaling"]) > 1 and res["scaling"][-1]["speedup"] < 1.0:
+            warn(f"{res['scaling'][-1]['threads']} threads are slower than 1 "
+                 f"(speedup {res['scaling'][-1]['speedup']:.2f}): other work is using the cores")
     if epoch:
         res["epoch"] = _epochs(data_dir, peers, say)
+    after = os.getloadavg()[0]
+    res["meta"]["load_average_after"] = after
     return res
+
+
+def compare(new, old, threshold=0.10, out=None):
+    """Ratios new/old of every common figure (step per batch, epoch); returns (rows, regressed)."""
+    say = (lambda s: print(s, file=out, flush=True)) if out is not None else (lambda s: None)
+    if not isinstance(old, dict) or "steps" not in old:
+        raise ValueError("--compare: not a fastbp bench JSON (no 'steps')")
+    olds = {r["batch"]: r for r in old["steps"]}
+    rows, regressed = [], False
+    say(f"\ncompared with {old.get('meta', {}).get('commit') or 'an earlier run'} "
+        f"(regression: new/old > {1 + threshold:.2f})")
+    say(f"{'figure':>16} {'old ms':>9} {'new ms':>9} {'new/old':>8}")
+    pairs = [(f"step batch {r['batch']}", olds[r["batch"]]["fastbp_ms"], r["fastbp_ms"]) for r in new["steps"]
+             if r["batch"] in olds]
+    if (new.get("epoch") or {}).get("fastbp_s") and (old.get("epoch") or {}).get("fastbp_s"):
+        pairs.append(("epoch", old["epoch"]["fastbp_s"] * 1e3, new["epoch"]["fastbp_s"] * 1e3))
+    if not pairs:
+        raise ValueError("--compare: no figure in common (different batch sizes?)")
+    for name, o, n in pairs:
+        ratio = n / o
+        bad = ratio > 1 + threshold
+        regressed |= bad
+        rows.append({"figure": name, "old_ms": o, "new_ms": n, "ratio": ratio, "regressed": bad})
+        say(f"{name:>16} {o:9.3f} {n:9.3f} {ratio:8.3f}{'  REGRESSION' if bad else ''}")
+    return rows, regressed
 
 
 _TORCH_EPOCH_SCRIPT = r"""

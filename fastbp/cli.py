@@ -72,7 +72,11 @@ def build_parser():
     b.add_argument("--batch-sizes", type=_hidden, default="32,128,512,2048", help="comma-separated")
     b.add_argument("--repeat", type=_positive(int), default=7, help="timed repetitions per figure")
     b.add_argument("--json", default=None, help="write the results as JSON")
-    b.add_argument("--no-peers", action="store_true", help="skip PyTorch even if installed")
+    b.add_argument("--no-peers", action="store_true", help="skip PyTorch and JAX even if installed")
+    b.add_argument("--compare", default=None, metavar="OLD_JSON",
+                   help="compare with an earlier --json result: print new/old ratios, exit 1 on a regression")
+    b.add_argument("--threshold", type=_positive(float), default=0.10,
+                   help="--compare: a figure slower by more than this fraction is a regression")
     b.add_argument("--no-scaling", action="store_true", help="skip the thread-scaling table")
     b.add_argument("--epoch", action="store_true", help="also time one Fashion-MNIST epoch vs PyTorch")
     b.add_argument("--data-dir", default=None, help="folder with the Fashion-MNIST IDX files")
@@ -321,12 +325,23 @@ def cmd_warmup(args):
 
 def cmd_bench(args):
     from fastbp import bench
+    old = None
+    if args.compare:
+        try:
+            with open(args.compare) as f:
+                old = json.load(f)
+        except (OSError, ValueError) as e:
+            raise UsageError(f"--compare {args.compare}: cannot read ({e})") from None
+    _check_output(args.json, "--json")
     res = bench.run(batch_sizes=args.batch_sizes, repeat=args.repeat, peers=not args.no_peers,
                     scaling=not args.no_scaling, epoch=args.epoch, data_dir=args.data_dir, out=sys.stdout)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(res, f, indent=2)
         print(f"wrote {args.json}")
+    if old is not None:
+        _, regressed = bench.compare(res, old, args.threshold, out=sys.stdout)
+        return 1 if regressed else 0
     return 0
 
 

@@ -133,14 +133,31 @@ def test_console_script_entry_point():
     assert r.returncode == 0 and "train" in r.stdout and "bench" in r.stdout
 
 
-def test_bench_json_small(tmp_path, capsys):
+def test_bench_json_metadata_spread_and_compare_exit_codes(tmp_path, capsys):
     out = tmp_path / "b.json"
-    rc = cli.main(["bench", "--batch-sizes", "32", "--repeat", "1", "--no-peers", "--no-scaling",
-                   "--json", str(out)])
-    assert rc == 0
+    args = ["bench", "--batch-sizes", "32", "--repeat", "2", "--no-peers", "--no-scaling"]
+    assert cli.main(args + ["--json", str(out)]) == 0
     res = json.loads(out.read_text())
     row = res["steps"][0]
     assert row["batch"] == 32 and row["fastbp_ms"] > 0 and row["floor_ms"] > 0 and row["numpy_ms"] > 0
+    sp = row["spread"]["fastbp"]
+    assert sp["min"] <= sp["median"] <= sp["max"] and 0 < row["share_of_peak"] < 1.5
+    meta = res["meta"]
+    for key in ("cpu", "cpu_flags", "versions", "commit", "threading", "load_average", "date"):
+        assert key in meta, key
+    assert meta["versions"]["numpy"] and meta["threading"]["blas"] and res["sgemm_peak_gflops"] > 1
+    text = capsys.readouterr().out
+    assert "sgemm peak" in text and "[" in text     # spread printed beside each median
+    fast, slow = json.loads(out.read_text()), json.loads(out.read_text())
+    fast["steps"][0]["fastbp_ms"] = row["fastbp_ms"] / 100      # "old" was 100x faster: a regression
+    slow["steps"][0]["fastbp_ms"] = row["fastbp_ms"] * 100
+    (tmp_path / "fast.json").write_text(json.dumps(fast))
+    (tmp_path / "slow.json").write_text(json.dumps(slow))
+    assert cli.main(args + ["--compare", str(tmp_path / "fast.json")]) == 1
+    assert "REGRESSION" in capsys.readouterr().out
+    assert cli.main(args + ["--compare", str(tmp_path / "slow.json")]) == 0
+    (tmp_path / "junk.json").write_text("[]")
+    assert cli.main(args + ["--compare", str(tmp_path / "junk.json")]) == 2
 
 
 def test_train_threads_beyond_the_pool_is_a_clear_error(capsys):
