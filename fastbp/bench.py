@@ -427,3 +427,63 @@ def _epochs(data_dir, peers, say):
     say(f"\nFashion-MNIST epoch (batch 128, shuffle + gather included): fastbp {out['fastbp_s']:.2f} s"
         + (f", torch {out['torch_s']:.2f} s (own process), ratio {out['ratio_torch']:.2f}" if "torch_s" in out else ""))
     return out
+
+
+def run_distributed(comm, batch_sizes=(128, 512, 2048), repeat=7, out=None):
+    """``fastbp bench --distributed`` (under mpiexec): per global batch size, the data-parallel step
+    time, the all-reduce of the gradient buffer alone, the single-rank step on the same global
+    batch (rank 0 alone, the others waiting) and the scaling efficiency T1 / (ranks x Tn)."""
+    import numba
+
+    from fastbp.distributed import default_threads
+    say = (lambda s: print(s, file=out, flush=True)) if (out is not None and comm.rank == 0) else (lambda s: None)
+    numba.set_num_threads(min(numba.get_num_threads(), default_threads(comm.local_size)))
+    nt = numba.get_num_threads()
+    rng = np.random.default_rng(0)
+    res = {"ranks": comm.size, "local_ranks": comm.local_size, "threads_per_rank": nt, "meta": metadata(),
+           "rows": []}
+    say(f"{comm.size} ranks ({comm.local_size} on this machine) x {nt} threads; 784-512-512-10 tanh, SGD; "
+        f"times: median of {repeat} blocks, on rank 0")
+    say(f"{'batch':>6} {'step ms':>9} {'allreduce ms':>13} {'1-rank ms':>10} {'speedup':>8} {'efficiency':>10}")
+
+    for B in batch_sizes:
+        row = _distributed_row(comm, B, rng, nt, repeat)
+        res["rows"].append(row)
+        say(f"{B:>6} {row['step_ms']:9.3f} {row['allreduce_ms']:13.3f} {row['single_rank_ms']:10.3f} "
+            f"{row['speedup']:8.2f} {100 * row['efficiency']:9.0f}%")
+    return res
+
+
+def _distributed_row(comm, B, rng, nt, repeat):
+    import fastbp
+    from fastbp.distributed import Step
+
+    def timed(fn, n):
+        comm.allreduce(np.zeros(1))   # start together
+        t = time.perf_counter()
+        for _ in range(n):
+            fn()
+        return (time.perf_counter() - t) / n
+    m = fastbp.Model([fastbp.Dense(512, "tanh"), fastbp.Dense(512, "tanh"), fastbp.Dense(10)], input_dim=784)
+    X = rng.random((B, 784), dtype=np.float32)
+    y = rng.integers(0, 10, B)
+    m.fit(X, y, epochs=1, batch_size=B, lr=0.01)
+    step = Step(m.plan, comm, m.optimizer, m.opt_state)
+    idx = np.arange(B)
+
+    def one():
+        step.run(X, y, idx, 1, 0.01, nt)
+
+    def allreduce():
+        comm.allreduce(m.plan.grads)
+    one()
+    reps = max(3, int(0.05 / max(timed(one, 2), 1e-6)))
+    t_step = statistics.median(timed(one, reps) for _ in range(repeat))
+    t_ar = statistics.median(timed(allreduce, reps) for _ in range(repeat))
+    buf = np.zeros(1)
+    if comm.rank == 0:
+        buf[0] = spread(_measure({"s": _fastbp_step(B, rng)}, repeat)["s"])["median"]
+    comm.allreduce(buf)     # the others wait here while rank 0 times the single-rank step
+    t_1 = float(buf[0])
+    return {"batch": B, "step_ms": t_step * 1e3, "allreduce_ms": t_ar * 1e3, "single_rank_ms": t_1 * 1e3,
+            "speedup": t_1 / t_step, "efficiency": t_1 / t_step / comm.size}

@@ -98,7 +98,7 @@ class ModelCheckpoint(_Monitor):
         self.best, self.saved = math.inf, []
 
     def on_epoch_end(self, model, epoch, logs):
-        if self.improved(logs) or not self.best_only:
+        if (self.improved(logs) or not self.best_only) and getattr(model, "rank", 0) == 0:   # rank 0 writes
             model.save(self.path)
             self.saved.append(logs["epoch"])
 

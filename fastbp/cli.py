@@ -67,6 +67,9 @@ def build_parser():
     t.add_argument("--history", default=None, help="write the history as JSON (or CSV if it ends in .csv)")
     t.add_argument("--no-progress", action="store_true",
                    help="no progress bar (it is also off when stderr is not a terminal)")
+    t.add_argument("--distributed", action="store_true",
+                   help="data-parallel training over MPI: run as `mpiexec -n N fastbp train --distributed ...` "
+                        "(--batch-size is the global batch; threads per rank default to cores / ranks per machine)")
 
     b = sp("bench", help="time one training step: fastbp vs numpy reference vs GEMM floor vs PyTorch")
     b.add_argument("--batch-sizes", type=_hidden, default="32,128,512,2048", help="comma-separated")
@@ -80,6 +83,8 @@ def build_parser():
     b.add_argument("--no-scaling", action="store_true", help="skip the thread-scaling table")
     b.add_argument("--epoch", action="store_true", help="also time one Fashion-MNIST epoch vs PyTorch")
     b.add_argument("--data-dir", default=None, help="folder with the Fashion-MNIST IDX files")
+    b.add_argument("--distributed", action="store_true",
+                   help="under mpiexec: data-parallel step time, all-reduce time and scaling efficiency")
     g = sp("gradcheck", help="backprop vs central finite differences on a random small net (float64)")
     g.add_argument("--hidden", type=_hidden, default="5,4", help="hidden widths")
     g.add_argument("--activation", default="tanh", choices=["tanh", "relu", "leaky_relu", "sigmoid", "identity"],
@@ -212,7 +217,26 @@ def _layers(args, n_out):
     return layers
 
 
+def _distributed(args):
+    """The communicator for --distributed (None without); refuses an MPI launch without it."""
+    from fastbp import distributed as D
+    n = D.launched_ranks()
+    if not args.distributed:
+        if n is not None and n > 1:
+            raise UsageError(f"launched by an MPI launcher with {n} ranks but without --distributed: each rank would "
+                             f"train its own copy of the model; add --distributed")
+        return None
+    try:
+        comm = D.MPIComm()
+    except ImportError as e:
+        raise UsageError(f"--distributed: {e}") from None
+    if comm.rank != 0:
+        sys.stdout = open(os.devnull, "w")     # only rank 0 prints
+    return comm
+
+
 def cmd_train(args):
+    comm = _distributed(args)
     import fastbp
     from fastbp import data, optim
     from fastbp.kernels import count_nonfinite
@@ -227,6 +251,7 @@ def cmd_train(args):
         raise UsageError(f"--dropout: expected a probability in [0, 1), got {args.dropout}")
     for path, flag in ((args.save, "--save"), (args.checkpoint, "--checkpoint"), (args.history, "--history")):
         _check_output(path, flag)
+    rank0 = comm is None or comm.rank == 0
     if args.resume and not args.checkpoint:
         raise UsageError("--resume: needs --checkpoint PATH (the file to continue from)")
     if args.checkpoint and os.path.exists(args.checkpoint) and not args.resume:
@@ -242,15 +267,20 @@ def cmd_train(args):
     model = fastbp.Model(layers, loss="softmax_ce", input_dim=X.shape[1], seed=args.seed)
     opt = optim.make(args.optimizer, args.lr)
     from tqdm import tqdm
+    if comm is not None:
+        from fastbp.distributed import default_threads
+        where = f", {comm.size} MPI ranks x {min(fastbp.get_num_threads(), default_threads(comm.local_size))} threads"
+    else:
+        where = f", {fastbp.get_num_threads()} threads"
     print(f"{args.dataset} ({folder}): {X.shape[0]} train / {Xt.shape[0]} test, "
           f"{X.shape[1]}-{'-'.join(map(str, args.hidden))}-{n_out} {args.activation}, "
-          f"batch {args.batch_size}, {args.optimizer} lr {opt.lr:g}, {fastbp.get_num_threads()} threads")
+          f"batch {args.batch_size}, {args.optimizer} lr {opt.lr:g}{where}")
     vname = "val" if args.validation_split else "test"
     header = (f"{'epoch':>5} {'train loss':>10} {'train acc':>9} {vname + ' loss':>10} {vname + ' acc':>9} "
               f"{'seconds':>8} {'samples/s':>10}")
     rows = []
     bar = None
-    show_bar = not args.no_progress and sys.stderr.isatty()
+    show_bar = not args.no_progress and sys.stderr.isatty() and rank0
 
     def progress(done, total, loss):
         nonlocal bar
@@ -286,12 +316,13 @@ def cmd_train(args):
     stopper = [EarlyStopping("val_loss", patience=args.early_stopping)] if args.early_stopping else []
     try:
         h = model.fit(X, y, epochs=args.epochs, batch_size=args.batch_size, optimizer=opt, seed=args.seed,
-                      progress=progress, on_epoch=on_epoch, checkpoint=args.checkpoint, callbacks=stopper, **val)
+                      progress=progress, on_epoch=on_epoch, checkpoint=args.checkpoint, callbacks=stopper,
+                      distributed=comm, **val)
     except KeyboardInterrupt:
         close_bar()
         where = f"interrupted in epoch {model.epochs_done + 1} (step {model.step_count})"
         target = args.checkpoint or args.save
-        if target and model.built and not count_nonfinite(model.params):
+        if target and rank0 and model.built and not count_nonfinite(model.params):
             model.save(target)
             print(f"fastbp: {where}; saved the parameters reached so far to {target}", file=sys.stderr)
         else:
@@ -303,10 +334,10 @@ def cmd_train(args):
     if args.validation_split or stopper:
         ev = model.evaluate(Xt, yt)
         print(f"test loss {ev['loss']:.4f}, test accuracy {100 * ev['accuracy']:.2f}% (final model)")
-    if args.save:
+    if args.save and rank0:
         model.save(args.save)
         print(f"saved {args.save}")
-    if args.history:
+    if args.history and rank0:
         from fastbp.history import save_history
         save_history(h, args.history)
         print(f"wrote {args.history}")
@@ -333,6 +364,17 @@ def cmd_bench(args):
         except (OSError, ValueError) as e:
             raise UsageError(f"--compare {args.compare}: cannot read ({e})") from None
     _check_output(args.json, "--json")
+    if args.distributed:
+        comm = _distributed(args)
+        res = bench.run_distributed(comm, batch_sizes=[b for b in args.batch_sizes if b >= 2 * comm.size],
+                                    repeat=args.repeat, out=sys.stdout)
+        if args.json and comm.rank == 0:
+            with open(args.json, "w") as f:
+                json.dump(res, f, indent=2)
+            print(f"wrote {args.json}")
+        return 0
+    if not args.distributed:
+        _distributed(args)     # refuses an MPI launch without --distributed
     res = bench.run(batch_sizes=args.batch_sizes, repeat=args.repeat, peers=not args.no_peers,
                     scaling=not args.no_scaling, epoch=args.epoch, data_dir=args.data_dir, out=sys.stdout)
     if args.json:

@@ -44,6 +44,7 @@ class Model:
         self.specs, self.training, self.plan = list(layers), True, None
         self.optimizer, self.opt_state, self.step_count, self.epochs_done, self.history = None, {}, 0, 0, None
         self.stop_training = False   # set by a callback to end fit
+        self.rank = 0                # this process's rank during distributed fit
         if input_dim is not None:
             self.build(input_dim)
 

@@ -17,11 +17,15 @@ implement shapes, ``init`` and the two entries, and decorate it with ``@register
 The plan, the training loop and the facade need no edit.
 """
 
+import numpy as np
+
 from . import init as initializers
 from . import layers as L
 from .kernels import (
     IDENTITY,
+    activation_backward,
     activation_backward_launch,
+    activation_forward,
     activation_forward_launch,
     batchnorm_backward_launch,
     batchnorm_forward_launch,
@@ -63,6 +67,8 @@ class Op:
     spec_type = None
     act, alpha = IDENTITY, 0.0
     stochastic = False        # True when training-mode output differs from eval (dropout, BN)
+    batch_coupled = False     # True when a row's output depends on other rows (BN): data-parallel
+                              # training then runs the op's sync_forward/sync_backward instead
 
     def __init__(self, spec, in_dim, index):
         self.spec, self.in_dim, self.index = spec, in_dim, index
@@ -235,6 +241,51 @@ class BatchNormOp(Op):
         self.params["gamma"][...] = 1
         self.params["beta"][...] = 0
 
+    batch_coupled = True
+
+    def sync_forward(self, io, reduce, n_global, update_stats):
+        """Training forward over a batch spread across ranks: the statistics are the global batch's
+        (``reduce`` sums an array over ranks in place; ``n_global`` rows in all).  Plain numpy,
+        float64 sums; writes ``io.out``, the saved mean/inv_std and the running statistics."""
+        x = io.x.astype(np.float64)
+        s1 = x.sum(axis=0)
+        reduce(s1)
+        mean = s1 / n_global
+        d = x - mean
+        s2 = (d * d).sum(axis=0)
+        reduce(s2)
+        var = s2 / n_global
+        inv = 1.0 / np.sqrt(var + self.spec.eps)
+        g, b = self.params["gamma"].astype(np.float64), self.params["beta"].astype(np.float64)
+        io.out[...] = g * (d * inv) + b
+        if self.act != IDENTITY:
+            activation_forward(io.out, io.out, self.act, self.alpha)
+        io.scratch["mean"][...] = mean
+        io.scratch["inv_std"][...] = inv
+        if update_stats:
+            m, st = self.spec.momentum, self.state
+            st["running_mean"][...] = (1 - m) * st["running_mean"] + m * mean
+            st["running_var"][...] = (1 - m) * st["running_var"] + m * var * (n_global / max(n_global - 1, 1))
+
+    def sync_backward(self, io, reduce, n_global):
+        """Backward of ``sync_forward``: ``io.delta`` is d(global loss)/d(output rows of this rank);
+        writes the (already global) gamma/beta gradients and this rank's rows of ``io.dx``."""
+        dz = io.delta.astype(np.float64)
+        inv = io.scratch["inv_std"].astype(np.float64)
+        xhat = (io.x.astype(np.float64) - io.scratch["mean"]) * inv
+        sums = np.concatenate([(dz * xhat).sum(axis=0), dz.sum(axis=0)])
+        reduce(sums)
+        F = dz.shape[1]
+        dg, db = sums[:F], sums[F:]
+        self.grads["gamma"][...] = dg
+        self.grads["beta"][...] = db
+        if io.dx is not None:
+            g = self.params["gamma"].astype(np.float64)
+            io.dx[...] = inv * (dz * g - (g * db + xhat * (g * dg)) / n_global)
+            pact, palpha = io.prev_act
+            if pact != IDENTITY:
+                activation_backward(io.dx, io.dx, io.x, pact, palpha)
+
     def forward_entry(self, io, update_stats):
         s, p, st, sc = io.ws.slot, self.params, self.state, io.scratch
         return (batchnorm_forward_entry,
@@ -281,14 +332,15 @@ class DropoutOp(Op):
 
     def forward_entry(self, io, update_stats):
         s = io.ws.slot
-        return dropout_forward_entry, [s(io.x), s(io.out), self.index, self.seed, 0], [self.spec.p]
+        # row0: the workspace's first row in the global batch (masks are keyed by global row)
+        return dropout_forward_entry, [s(io.x), s(io.out), self.index, self.seed, io.ws.row0], [self.spec.p]
 
     def backward_entry(self, io, fused_sgd, wd):
         if io.dx is None:
             return None
         s = io.ws.slot
         pact, palpha = io.prev_act
-        return (dropout_backward_entry, [s(io.dx), s(io.delta), s(io.x), self.index, self.seed, 0, pact],
+        return (dropout_backward_entry, [s(io.dx), s(io.delta), s(io.x), self.index, self.seed, io.ws.row0, pact],
                 [self.spec.p, palpha])
 
 

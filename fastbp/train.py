@@ -146,7 +146,7 @@ def _callbacks(callbacks, progress, on_epoch, verbose):
 
 def fit(model, X, y=None, epochs=1, batch_size=128, lr=None, optimizer=None, shuffle=True, seed=None,
         validation_data=None, validation_split=None, schedule=None, callbacks=None, verbose=False, progress=None,
-        on_epoch=None, checkpoint=None, track_grad_norms=False, grad_norm_every=1):
+        on_epoch=None, checkpoint=None, track_grad_norms=False, grad_norm_every=1, distributed=None):
     """Train ``model``; returns the history dict (lists per epoch: loss, accuracy, seconds, lr,
     compile_seconds, and val_loss / val_accuracy with validation data).  ``seconds`` excludes
     first-run kernel compilation, which is reported as ``compile_seconds``.
@@ -165,7 +165,48 @@ def fit(model, X, y=None, epochs=1, batch_size=128, lr=None, optimizer=None, shu
     streams); ``on_epoch``: callable (epoch, history).  ``checkpoint``: path; saved after every
     epoch and, if it exists, resumed from (``epochs`` is then the total to reach).
     ``track_grad_norms``: record per-layer gradient norms every ``grad_norm_every`` steps.
+    ``distributed``: a ``fastbp.distributed`` communicator: synchronous data-parallel training
+    (``batch_size`` is the global batch; see that module).  Only rank 0 prints, calls
+    ``progress``/``on_epoch`` and writes checkpoints; an error on any rank stops every rank.
     """
+    if distributed is not None:
+        return _fit_distributed(model, X, y, distributed, epochs=epochs, batch_size=batch_size, lr=lr,
+                                optimizer=optimizer, shuffle=shuffle, seed=seed, validation_data=validation_data,
+                                validation_split=validation_split, schedule=schedule, callbacks=callbacks,
+                                verbose=verbose, progress=progress, on_epoch=on_epoch, checkpoint=checkpoint,
+                                track_grad_norms=track_grad_norms, grad_norm_every=grad_norm_every)
+    return _fit(model, X, y, epochs, batch_size, lr, optimizer, shuffle, seed, validation_data, validation_split,
+                schedule, callbacks, verbose, progress, on_epoch, checkpoint, track_grad_norms, grad_norm_every)
+
+
+def _fit_distributed(model, X, y, comm, **kw):
+    from . import distributed as D
+    if not isinstance(comm, D.Comm):
+        raise TypeError(f"distributed: expected a fastbp.distributed communicator, got {type(comm).__name__}")
+    if y is None:
+        raise ValueError("distributed: streamed data is not supported (every rank indexes the same arrays)")
+    if kw["track_grad_norms"]:
+        raise ValueError("track_grad_norms: not available with distributed training")
+    if comm.rank != 0:
+        kw.update(verbose=False, progress=None, on_epoch=None)
+    import numba
+    threads_before = numba.get_num_threads()
+    numba.set_num_threads(min(threads_before, D.default_threads(comm.local_size)))
+    model.rank = comm.rank
+    try:
+        return _fit(model, X, y, comm=comm, **kw)
+    except D.CommError:
+        raise
+    except BaseException:
+        comm.abort(1)     # the others are waiting in a collective: end the job instead of a hang
+        raise
+    finally:
+        model.rank = 0
+        numba.set_num_threads(threads_before)
+
+
+def _fit(model, X, y, epochs, batch_size, lr, optimizer, shuffle, seed, validation_data, validation_split,
+         schedule, callbacks, verbose, progress, on_epoch, checkpoint, track_grad_norms, grad_norm_every, comm=None):
     from . import checkpoint as ck
     from .schedules import as_schedule
     epochs = inputs.positive_int("epochs", epochs)
@@ -200,6 +241,11 @@ def fit(model, X, y=None, epochs=1, batch_size=128, lr=None, optimizer=None, shu
         ck.restore(model, checkpoint)
     _set_optimizer(model, optimizer, lr)
     plan, opt = model.plan, model.optimizer
+    step = None
+    if comm is not None:
+        from .distributed import Step
+        step = Step(plan, comm, opt, model.opt_state)
+        step.broadcast_state(model)
     fuse = not track_grad_norms   # grad norms need the gradients: no fused SGD then
     base_lr = opt.lr
     hist = model.history if (model.history is not None and model.epochs_done) else new_history()
@@ -209,8 +255,11 @@ def fit(model, X, y=None, epochs=1, batch_size=128, lr=None, optimizer=None, shu
     model.history = hist
     if not stream:
         n = X.shape[0]
-        bounds = _batch_bounds(n, B, plan.min_train_rows)
-        if n < plan.min_train_rows:
+        per_batch = plan.min_train_rows * (comm.size if comm is not None else 1)
+        if comm is not None and B < per_batch:
+            raise ValueError(f"batch_size: {B} rows cannot give each of {comm.size} ranks {plan.min_train_rows}")
+        bounds = _batch_bounds(n, B, per_batch)
+        if n < per_batch:
             raise ValueError(f"X: BatchNorm in training needs at least {plan.min_train_rows} rows, got {n}")
     nt = get_num_threads()
     model.train()
@@ -228,21 +277,27 @@ def fit(model, X, y=None, epochs=1, batch_size=128, lr=None, optimizer=None, shu
             batches, total_rows = _memory_batches(X, y, bounds, order), n
         t0, c0 = time.perf_counter(), compile_seconds[0]
         total, correct, done, lr_t = 0.0, 0.0, 0, base_lr
+        if step is not None:
+            batches = ((e - s, order[s:e]) for s, e in bounds)
         for rows, fill in batches:
-            ws = plan.train_workspace(rows)
-            fill(ws)
             model.step_count += 1
             t = model.step_count
             if sched is not None:
                 lr_t = O.check_lr(base_lr * sched.multiplier(t, epoch), "schedule value * lr")
-            loss = plan.run(ws, "train", t, lr_t, True, nt, opt, model.opt_state, fuse=fuse)
+            if step is not None:
+                loss, n_correct = step.run(X, y, fill, t, lr_t, nt)
+            else:
+                ws = plan.train_workspace(rows)
+                fill(ws)
+                loss = plan.run(ws, "train", t, lr_t, True, nt, opt, model.opt_state, fuse=fuse)
+                n_correct = ws.stats[1]
             if not math.isfinite(loss):
                 raise FloatingPointError(f"training diverged: loss is {loss} at epoch {epoch + 1}, "
                                          f"step {t}; lower lr (now {lr_t})")
             if track_grad_norms and t % grad_norm_every == 0:
                 hist["grad_norms"].append(_grad_norms(plan, ws, t))
             total += loss * rows
-            correct += float(ws.stats[1])
+            correct += float(n_correct)
             done += rows
             if cbs:
                 logs = {"step": t, "loss": loss, "rows": rows, "done": done, "total": total_rows, "lr": lr_t}
@@ -271,7 +326,7 @@ def fit(model, X, y=None, epochs=1, batch_size=128, lr=None, optimizer=None, shu
                     val_accuracy=hist["val_accuracy"][-1] if val is not None else None)
         if sched is not None:
             sched.observe(logs)
-        if checkpoint is not None:
+        if checkpoint is not None and getattr(model, "rank", 0) == 0:
             model.save(checkpoint)
         for cb in cbs:
             cb.on_epoch_end(model, epoch, logs)

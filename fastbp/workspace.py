@@ -46,9 +46,10 @@ def aligned_empty(shape, dtype, what="a buffer"):
 class Workspace:
     """Buffers for batches of ``N`` rows of ``plan`` (shapes below: L ops, F_i = ops[i].out_dim)."""
 
-    def __init__(self, plan, N):
+    def __init__(self, plan, N, row0=0):
         dt = plan.dtype
         self.N = N
+        self.row0 = int(row0)      # first row of this batch in the global batch (dropout masks)
         self.x = aligned_empty((N, plan.input_dim), dt)                       # (N, D0)  the batch
         self.outs = [aligned_empty((N, op.out_dim), dt) for op in plan.ops]   # (N, F_i) output of op i
         self.deltas = [aligned_empty((N, op.out_dim), dt) for op in plan.ops]  # (N, F_i) dL/d pre-activation

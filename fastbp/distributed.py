@@ -1,0 +1,301 @@
+"""Synchronous data-parallel training: communicators and the distributed training step.
+
+    from fastbp.distributed import MPIComm
+    comm = MPIComm()                                     # under: mpiexec -n 4 python train.py
+    model.fit(X, y, batch_size=512, distributed=comm)    # 512 rows per step in all ranks together
+
+Every rank holds the whole dataset and the same model.  Per step, the global batch (a slice of
+the epoch's shuffle, the same on every rank) is cut into contiguous shards, one per rank; each
+rank runs forward and backward on its shard with the loss gradient scaled by its share of the
+rows, the gradient buffer is summed over ranks (one all-reduce), and every rank applies the same
+update, so the parameters stay bitwise identical.  BatchNorm uses the statistics of the global
+batch (its sums are all-reduced in the forward and backward passes), and dropout masks are keyed
+by the row's position in the global batch, so a run equals single-process training on the
+combined batch up to floating-point summation order.
+
+Communicators: ``MPIComm`` (mpi4py; ``pip install 'fastbp[mpi]'``), ``simulate(n, fn)`` (n ranks
+as threads of this process, for tests and for trying things without MPI).  Nothing here imports
+mpi4py until an ``MPIComm`` is made.
+"""
+import os
+import threading
+import time
+
+import numpy as np
+
+#: environment variables MPI launchers set (MPICH/Hydra, Open MPI, PMIx, Slurm), -> world size
+LAUNCHER_SIZE_VARS = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "PMIX_SIZE", "MPI_LOCALNRANKS", "SLURM_NTASKS")
+
+
+def launched_ranks():
+    """World size an MPI launcher announced to this process (None when not under a launcher)."""
+    for k in LAUNCHER_SIZE_VARS:
+        v = os.environ.get(k)
+        if v and v.isdigit():
+            return int(v)
+    return None
+
+
+def usable_cpus():
+    """CPUs this process may run on: its affinity mask, capped by a cgroup v2/v1 CPU quota."""
+    n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    for path, parse in (("/sys/fs/cgroup/cpu.max", lambda t: t.split()),
+                        ("/sys/fs/cgroup/cpu/cpu.cfs_quota_us", lambda t: [t.strip(), None])):
+        try:
+            with open(path) as f:
+                parts = parse(f.read())
+            if parts[0] in ("max", "-1"):
+                continue
+            quota = int(parts[0])
+            period = int(parts[1]) if parts[1] is not None else int(open(
+                "/sys/fs/cgroup/cpu/cpu.cfs_period_us").read())
+            n = min(n, max(1, quota // period))
+        except (OSError, ValueError, IndexError):
+            continue
+    return max(1, n)
+
+
+def default_threads(local_size):
+    """Threads per rank so that threads x ranks on this machine <= usable CPUs."""
+    return max(1, usable_cpus() // max(1, local_size))
+
+
+class CommError(RuntimeError):
+    """A collective failed or timed out (another rank died or raised)."""
+
+
+class Comm:
+    """What training needs from a communicator.  ``allreduce`` sums a numpy array over ranks in
+    place (every rank gets the same bits); ``bcast`` copies root's array into everyone's."""
+    rank = 0
+    size = 1
+    local_rank = 0
+    local_size = 1
+
+    def allreduce(self, buf):
+        raise NotImplementedError
+
+    def bcast(self, buf, root=0):
+        raise NotImplementedError
+
+    def abort(self, code=1):
+        """End every rank (after an error on this one)."""
+
+    def __repr__(self):
+        return f"<{type(self).__name__} rank {self.rank} of {self.size}, local {self.local_rank} of {self.local_size}>"
+
+
+class MPIComm(Comm):
+    """MPI through mpi4py.  Collectives are non-blocking calls polled up to ``timeout`` seconds: a
+    rank that died or hangs makes the others raise ``CommError`` (and abort the job) instead of
+    waiting forever.  MPI is initialized with thread level *funneled* (only the main thread
+    communicates) unless mpi4py was already initialized."""
+
+    def __init__(self, comm=None, timeout=120.0):
+        try:
+            import mpi4py
+            if not getattr(mpi4py, "_fastbp_configured", False):
+                mpi4py.rc.thread_level = "funneled"
+                mpi4py._fastbp_configured = True
+            from mpi4py import MPI
+        except ImportError:
+            raise ImportError("fastbp.distributed.MPIComm needs mpi4py: pip install 'fastbp[mpi]'") from None
+        self.MPI = MPI
+        self.comm = comm if comm is not None else MPI.COMM_WORLD
+        self.rank, self.size = self.comm.Get_rank(), self.comm.Get_size()
+        local = self.comm.Split_type(MPI.COMM_TYPE_SHARED)
+        self.local_rank, self.local_size = local.Get_rank(), local.Get_size()
+        local.Free()
+        if not timeout > 0:
+            raise ValueError(f"timeout: expected seconds > 0, got {timeout!r}")
+        self.timeout = float(timeout)
+
+    def _wait(self, req, what):
+        deadline = time.monotonic() + self.timeout
+        spins = 0
+        while not req.Test():
+            spins += 1
+            if spins > 2000:
+                time.sleep(0.0005)
+            if time.monotonic() > deadline:
+                self.abort(3)
+                raise CommError(f"{what}: no answer from the other ranks within {self.timeout:.0f} s "
+                                f"(a rank died or stopped); job aborted")
+
+    def allreduce(self, buf):
+        req = self.comm.Iallreduce(self.MPI.IN_PLACE, buf, op=self.MPI.SUM)
+        self._wait(req, "all-reduce")
+
+    def bcast(self, buf, root=0):
+        req = self.comm.Ibcast(buf, root=root)
+        self._wait(req, "broadcast")
+
+    def abort(self, code=1):
+        self.comm.Abort(code)
+
+
+class _Group:
+    """Shared state of simulated ranks: a barrier and one slot per rank."""
+
+    def __init__(self, n, timeout):
+        self.n, self.timeout = n, timeout
+        self.barrier = threading.Barrier(n, timeout=timeout)
+        self.slots = [None] * n
+
+
+class ThreadComm(Comm):
+    """One simulated rank of ``simulate``: collectives meet at a barrier; sums are taken in rank
+    order (0, 1, ...), so every rank gets the same bits (and, for 2 ranks, the same as MPI's)."""
+
+    def __init__(self, group, rank):
+        self.group, self.rank, self.size = group, rank, group.n
+        self.local_rank, self.local_size = rank, group.n
+
+    def _sync(self):
+        try:
+            self.group.barrier.wait()
+        except threading.BrokenBarrierError:
+            raise CommError("a simulated rank failed or timed out; stopping") from None
+
+    def allreduce(self, buf):
+        g = self.group
+        g.slots[self.rank] = buf
+        self._sync()
+        if self.rank == 0:
+            total = g.slots[0].copy()
+            for other in g.slots[1:]:
+                total += other
+            g.result = total
+        self._sync()
+        buf[...] = g.result
+        self._sync()
+
+    def bcast(self, buf, root=0):
+        g = self.group
+        if self.rank == root:
+            g.result = buf.copy()
+        self._sync()
+        if self.rank != root:
+            buf[...] = g.result
+        self._sync()
+
+    def abort(self, code=1):
+        self.group.barrier.abort()
+
+
+def simulate(n, fn, timeout=60.0):
+    """Run ``fn(comm)`` as ``n`` ranks in threads of this process; returns their results in rank
+    order, or raises the first rank's error (the others are stopped through the barrier)."""
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"n: expected a positive int (ranks), got {n!r}")
+    group = _Group(n, timeout)
+    results, errors = [None] * n, [None] * n
+
+    def run(r):
+        try:
+            results[r] = fn(ThreadComm(group, r))
+        except BaseException as e:   # noqa: B036 - reported to the caller below
+            errors[r] = e
+            group.barrier.abort()
+    threads = [threading.Thread(target=run, args=(r,), name=f"fastbp-rank{r}") for r in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    first = next((e for e in errors if e is not None and not isinstance(e, CommError)), None) or \
+        next((e for e in errors if e is not None), None)
+    if first is not None:
+        raise first
+    return results
+
+
+# ----------------------------------------------------------------------------- the step
+def shard(n_rows, size, rank):
+    """(offset, rows) of ``rank``'s contiguous share of ``n_rows`` (the first ranks get one more)."""
+    q, r = divmod(n_rows, size)
+    return rank * q + min(rank, r), q + (1 if rank < r else 0)
+
+
+class Step:
+    """One rank's part of a data-parallel training step on a plan (see the module docstring)."""
+
+    def __init__(self, plan, comm, optimizer, opt_state):
+        self.plan, self.comm, self.optimizer, self.opt_state = plan, comm, optimizer, opt_state
+        self.cache = {}
+        # BN-like ops write already-global gradients in their backward; on ranks other than 0
+        # those slices are zeroed before the gradient all-reduce so the sum counts them once
+        self.global_grads = [g for op in plan.ops if op.batch_coupled for g in op.grads.values()]
+
+    def _parts(self, N, row0):
+        key = (N, row0)
+        if key in self.cache:
+            return self.cache[key]
+        from .ops import IO
+        from .program import Program
+        from .workspace import Workspace
+        plan = self.plan
+        ws = Workspace(plan, N, row0)
+        ops, n = plan.ops, len(plan.ops)
+        ios = [IO(ws, ops, i) for i in range(n)]
+
+        def segments(order, make):
+            out, run = [], []
+            for i in order:
+                if ops[i].batch_coupled:
+                    if run:
+                        out.append(("program", Program(plan.dtype, run)))
+                        run = []
+                    out.append(("coupled", i))
+                else:
+                    run.append(make(i))
+            if run:
+                out.append(("program", Program(plan.dtype, run)))
+            return out
+        fwd = segments(range(n), lambda i: ops[i].forward_entry(ios[i], update_stats=True))
+        loss = Program(plan.dtype, [plan.loss.entry(ios[-1], ops[-1], True, True)])
+        bwd = segments(range(n - 1, -1, -1), lambda i: ops[i].backward_entry(ios[i], False, 0.0))
+        update = Program(plan.dtype, [self.optimizer.entry(ws, plan.params, plan.grads, self.opt_state)])
+        ws.finish()
+        self.cache[key] = parts = (ws, ios, fwd, loss, bwd, update)
+        return parts
+
+    def run(self, X, y, idx, t, lr, nt):
+        """Train on the global batch ``X[idx]``; returns (global mean loss, global correct count)."""
+        comm, plan = self.comm, self.plan
+        n_global = idx.shape[0]
+        off, rows = shard(n_global, comm.size, comm.rank)
+        ws, ios, fwd, loss_prog, bwd, update = self._parts(rows, off)
+        mine = idx[off:off + rows]
+        np.take(X, mine, axis=0, out=ws.x)
+        np.take(y, mine, axis=0, out=ws.y)
+        reduce = comm.allreduce
+        for kind, part in fwd:
+            if kind == "program":
+                part.run(ws, t, lr, True, nt)
+            else:
+                plan.ops[part].sync_forward(ios[part], reduce, n_global, True)
+        loss = loss_prog.run(ws, t, lr, True, nt)
+        ws.deltas[-1] *= ws.deltas[-1].dtype.type(rows / n_global)   # d(global mean loss)/d(logits)
+        for kind, part in bwd:
+            if kind == "program":
+                part.run(ws, t, lr, True, nt)
+            else:
+                plan.ops[part].sync_backward(ios[part], reduce, n_global)
+        if comm.rank != 0:
+            for g in self.global_grads:
+                g[...] = 0
+        comm.allreduce(plan.grads)
+        stats = np.array([loss * rows, ws.stats[1]], np.float64)
+        comm.allreduce(stats)
+        update.run(ws, t, lr, True, nt)
+        return stats[0] / n_global, stats[1]
+
+    def broadcast_state(self, model):
+        """Rank 0's parameters, running statistics and optimizer state to every rank."""
+        self.comm.bcast(model.params)
+        for op in model.plan.ops:
+            for a in op.state.values():
+                self.comm.bcast(a)
+        for a in model.opt_state.values():
+            if a.size:
+                self.comm.bcast(a)

@@ -1,0 +1,138 @@
+"""Data-parallel training: simulated ranks equal single-process training on the combined batch;
+real MPI ranks agree bitwise with each other and with the simulation; a dead rank fails the job.
+
+Tolerances: float64 models within 1e-12 of single-process training (only the order of sums
+differs); float32 within 2e-5 absolute after 8 steps."""
+import os
+import shutil
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+import fastbp
+from fastbp import BatchNorm, Dense, Dropout, Model
+from fastbp.distributed import CommError, default_threads, launched_ranks, shard, simulate, usable_cpus
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ARCH = [Dense(8, bias=False), BatchNorm("tanh"), Dropout(0.3), Dense(7, "relu"), Dense(3)]
+OPTS = {"sgd": ("sgd", 0.05), "momentum": (fastbp.SGD(momentum=0.9), 0.05), "adam": ("adam", None)}
+
+
+@pytest.fixture
+def xy(rng):
+    return rng.standard_normal((250, 6)), rng.integers(0, 3, 250)
+
+
+@pytest.mark.parametrize("opt", sorted(OPTS))
+@pytest.mark.parametrize("ranks", [2, 3, 4])
+def test_simulated_ranks_equal_single_process_on_the_combined_batch(xy, opt, ranks):
+    X, y = xy
+    o, lr = OPTS[opt]
+    ref = Model(ARCH, dtype="float64", seed=1)
+    ref.fit(X, y, epochs=2, batch_size=40, optimizer=o, lr=lr)
+
+    def run(comm):
+        m = Model(ARCH, dtype="float64", seed=1)
+        h = m.fit(X, y, epochs=2, batch_size=40, optimizer=o, lr=lr, distributed=comm)
+        return m.params.copy(), m.layers[1].running_var.copy(), h["loss"], m.step_count
+    res = simulate(ranks, run)
+    for params, rv, loss, steps in res:
+        np.testing.assert_array_equal(params, res[0][0])          # every rank: the same bits
+        np.testing.assert_allclose(params, ref.params, rtol=0, atol=1e-12)
+        np.testing.assert_allclose(rv, ref.layers[1].running_var, rtol=0, atol=1e-12)
+        np.testing.assert_allclose(loss, ref.history["loss"], rtol=1e-12)
+        assert steps == ref.step_count
+
+
+def test_shards_and_thread_rule():
+    assert [shard(10, 3, r) for r in range(3)] == [(0, 4), (4, 3), (7, 3)]
+    assert sum(shard(128, 5, r)[1] for r in range(5)) == 128
+    assert default_threads(1) == usable_cpus() and default_threads(10 ** 6) == 1
+    assert launched_ranks() is None or launched_ranks() >= 1
+
+
+def test_errors_stop_every_simulated_rank_quickly(xy):
+    X, y = xy
+
+    def run(comm):
+        m = Model(ARCH, seed=1)
+        if comm.rank == 1:
+            raise RuntimeError("rank 1 broke")
+        m.fit(X, y, epochs=50, batch_size=40, distributed=comm)
+    t0 = time.perf_counter()
+    with pytest.raises(RuntimeError, match="rank 1 broke"):
+        simulate(2, run, timeout=30)
+    assert time.perf_counter() - t0 < 20
+    with pytest.raises(TypeError, match="distributed"):
+        Model(ARCH).fit(X, y, distributed="mpi")
+    with pytest.raises(ValueError, match="batch_size"):
+        simulate(3, lambda c: Model(ARCH).fit(X, y, batch_size=4, distributed=c))
+    assert CommError
+
+
+def test_resume_with_a_different_number_of_ranks(xy, tmp_path):
+    X, y = xy
+    ck = str(tmp_path / "ck.npz")
+    simulate(2, lambda c: Model(ARCH, dtype="float64", seed=1).fit(X, y, epochs=1, batch_size=40, optimizer="adam",
+                                                                    checkpoint=ck, distributed=c))
+    res = simulate(3, lambda c: (lambda m: (m.fit(X, y, epochs=2, batch_size=40, optimizer="adam", checkpoint=ck,
+                                                  distributed=c), m.params.copy())[1])(
+        Model(ARCH, dtype="float64", seed=1)))
+    ref = Model(ARCH, dtype="float64", seed=1)
+    ref.fit(X, y, epochs=2, batch_size=40, optimizer="adam")
+    np.testing.assert_allclose(res[0], ref.params, atol=1e-12)
+    assert Model.load(ck).epochs_done == 2
+
+
+def _mpiexec():
+    pytest.importorskip("mpi4py", reason="mpi4py not installed: pip install 'fastbp[mpi]' (CI installs it)")
+    exe = shutil.which("mpiexec") or os.path.join(os.path.dirname(sys.executable), "mpiexec")
+    if not os.path.exists(exe):
+        pytest.skip("no mpiexec next to mpi4py (pip install mpich)")
+    return exe
+
+
+def _launch(n, out, *extra, timeout=240):
+    cmd = [_mpiexec(), "-n", str(n)]
+    if "hydra" in subprocess.run([_mpiexec(), "--version"], capture_output=True, text=True).stdout.lower():
+        cmd += ["-iface", "lo"]
+    env = dict(os.environ, NUMBA_NUM_THREADS="1", OMP_NUM_THREADS="1")
+    t0 = time.perf_counter()
+    r = subprocess.run(cmd + [sys.executable, os.path.join(HERE, "mpi_worker.py"), str(out), *extra],
+                       capture_output=True, text=True, timeout=timeout, env=env)
+    return r, time.perf_counter() - t0
+
+
+@pytest.mark.parametrize("ranks", [2, 4])
+def test_mpi_ranks_agree_bitwise_and_match_single_process(tmp_path, ranks):
+    r, _ = _launch(ranks, tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    params = [np.load(tmp_path / f"rank{k}.npy") for k in range(ranks)]
+    for p in params[1:]:
+        np.testing.assert_array_equal(p, params[0])
+    sys.path.insert(0, HERE)
+    from dist_case import train
+    single = train(None)
+    np.testing.assert_allclose(params[0], single, rtol=0, atol=2e-6)
+    if ranks == 2:   # the in-process simulation with the same thread count gives the same bits
+        threads = fastbp.get_num_threads()
+        try:
+            fastbp.set_num_threads(1)
+            sim = simulate(2, lambda c: train(c))
+        finally:
+            fastbp.set_num_threads(threads)
+        np.testing.assert_array_equal(sim[0], params[0])
+
+
+@pytest.mark.parametrize("mode", ["crash", "kill", "raise"])
+def test_a_failing_rank_fails_the_job_within_a_bounded_time(tmp_path, mode):
+    os.environ["FASTBP_TEST_TIMEOUT"] = "10"
+    try:
+        r, secs = _launch(2, tmp_path, mode, timeout=120)
+    finally:
+        del os.environ["FASTBP_TEST_TIMEOUT"]
+    assert r.returncode != 0 and secs < 100, (r.returncode, secs, r.stderr[-2000:])
+    assert not (tmp_path / "rank0.npy").exists(), "rank 0 must not finish as if nothing happened"
