@@ -23,6 +23,8 @@ import time
 
 import numpy as np
 
+from ._threads import usable_cpus
+
 #: environment variables MPI launchers set (MPICH/Hydra, Open MPI, PMIx, Slurm), -> world size
 LAUNCHER_SIZE_VARS = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "PMIX_SIZE", "MPI_LOCALNRANKS", "SLURM_NTASKS")
 
@@ -34,25 +36,6 @@ def launched_ranks():
         if v and v.isdigit():
             return int(v)
     return None
-
-
-def usable_cpus():
-    """CPUs this process may run on: its affinity mask, capped by a cgroup v2/v1 CPU quota."""
-    n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    for path, parse in (("/sys/fs/cgroup/cpu.max", lambda t: t.split()),
-                        ("/sys/fs/cgroup/cpu/cpu.cfs_quota_us", lambda t: [t.strip(), None])):
-        try:
-            with open(path) as f:
-                parts = parse(f.read())
-            if parts[0] in ("max", "-1"):
-                continue
-            quota = int(parts[0])
-            period = int(parts[1]) if parts[1] is not None else int(open(
-                "/sys/fs/cgroup/cpu/cpu.cfs_period_us").read())
-            n = min(n, max(1, quota // period))
-        except (OSError, ValueError, IndexError):
-            continue
-    return max(1, n)
 
 
 def default_threads(local_size):

@@ -19,6 +19,7 @@ import threading
 import numpy as np
 
 from . import losses as LS
+from ._threads import apply_default_threads
 from .kernels import bind_blas
 from .ops import IO, compile_specs
 from .program import Program
@@ -38,6 +39,7 @@ class Plan:
     """Everything compiled from (specs, loss, input_dim, dtype, seed)."""
 
     def __init__(self, specs, loss, input_dim, dtype, seed):
+        apply_default_threads()
         self.specs, self.loss, self.dtype, self.seed = list(specs), LS.get(loss), np.dtype(dtype), int(seed)
         self.input_dim = int(input_dim)
         self.ops = compile_specs(self.specs, self.input_dim)

@@ -20,6 +20,10 @@ Pure-Python mode: with ``NUMBA_DISABLE_JIT=1`` every jitted function is plain
 Python (``prange`` is ``range``).  The intrinsics below then have numpy
 fallbacks, so the kernels run (slowly) under coverage and a debugger.
 """
+import os
+import sys
+import tempfile
+
 import numpy as np
 from numba import config, njit, types
 from numba.extending import intrinsic
@@ -31,6 +35,40 @@ JIT_OPTIONS = dict(cache=True, fastmath=set(FASTMATH), error_model="numpy",
 
 #: True when numba runs everything as Python (``NUMBA_DISABLE_JIT=1``).
 JIT_DISABLED = bool(config.DISABLE_JIT)
+
+
+def _writable(folder):
+    while not os.path.isdir(folder):          # the nearest existing ancestor decides
+        parent = os.path.dirname(folder)
+        if parent == folder:
+            return False
+        folder = parent
+    return os.access(folder, os.W_OK | os.X_OK)
+
+
+def cache_dir_fallback():
+    """Where numba caches fastbp's machine code when it cannot next to the package (a read-only
+    install): a per-user cache folder, else one in the temporary directory; None when no fallback
+    is needed or ``NUMBA_CACHE_DIR`` is set (the user's choice wins)."""
+    if JIT_DISABLED or os.environ.get("NUMBA_CACHE_DIR"):
+        return None
+    here = os.path.dirname(os.path.abspath(__file__))
+    if _writable(os.path.join(here, "__pycache__")):
+        return None
+    home = os.environ.get("HOME")
+    base = os.environ.get("XDG_CACHE_HOME") or (os.path.join(home, ".cache") if home else None)
+    for cand in ([os.path.join(base, "fastbp", "numba")] if base else []) + [
+            os.path.join(tempfile.gettempdir(), f"fastbp-numba-cache-{os.getuid() if hasattr(os, 'getuid') else 0}")]:
+        if _writable(cand):
+            return cand
+    return None
+
+
+_FALLBACK = cache_dir_fallback()
+if _FALLBACK is not None:   # set before any function is decorated: numba resolves the cache locator then
+    config.CACHE_DIR = _FALLBACK
+    sys.stderr.write(f"fastbp: the install folder is read-only; numba caches compiled kernels in {_FALLBACK} "
+                     f"(set NUMBA_CACHE_DIR to choose)\n")
 
 
 def jit(fn=None, *, parallel=False, inline="never"):
