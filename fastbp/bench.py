@@ -487,3 +487,59 @@ def _distributed_row(comm, B, rng, nt, repeat):
     t_1 = float(buf[0])
     return {"batch": B, "step_ms": t_step * 1e3, "allreduce_ms": t_ar * 1e3, "single_rank_ms": t_1 * 1e3,
             "speedup": t_1 / t_step, "efficiency": t_1 / t_step / comm.size}
+
+
+_SHARED_SCRIPT = r"""
+import json, sys, time
+import fastbp
+from fastbp import Dense, Model, data
+(X, y), _ = data.load_fashion_mnist(sys.argv[1] or None)
+m = Model([Dense(512, "tanh"), Dense(512, "tanh"), Dense(10)])
+m.fit(X[:1024], y[:1024], epochs=1, lr=0.1)          # compile / load from cache outside the timing
+print("ready", flush=True)
+sys.stdin.readline()                                  # all copies start together
+t = time.perf_counter()
+m.fit(X, y, epochs=1, batch_size=128, lr=0.1, seed=1)
+print(json.dumps({"s": time.perf_counter() - t, "threads": fastbp.get_num_threads()}), flush=True)
+"""
+
+
+def _epoch_processes(n, data_dir, env=None):
+    """Seconds of one Fashion-MNIST epoch in each of ``n`` processes started together."""
+    import json
+    import subprocess
+    import sys
+    procs = [subprocess.Popen([sys.executable, "-c", _SHARED_SCRIPT, data_dir or ""], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env) for _ in range(n)]
+    try:
+        for p in procs:
+            line = p.stdout.readline()
+            if line.strip() != "ready":
+                raise RuntimeError(f"epoch benchmark process failed: {p.stderr.read()[-2000:]}")
+        for p in procs:
+            p.stdin.write("go\n")
+            p.stdin.flush()
+        out = [json.loads(p.stdout.readline())["s"] for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.wait(timeout=900)
+    return out
+
+
+def shared(data_dir=None, rounds=2, out=None):
+    """``fastbp bench --shared``: one Fashion-MNIST epoch (batch 128) alone, then two copies at
+    once; each copy's slowdown against solo (2.0 is a fair share of the machine)."""
+    say = (lambda s: print(s, file=out, flush=True)) if out is not None else (lambda s: None)
+    solo, pairs = [], []
+    for _ in range(rounds):
+        solo += _epoch_processes(1, data_dir)
+        pairs.append(_epoch_processes(2, data_dir))
+    base = statistics.median(solo)
+    slow = [t / base for pair in pairs for t in pair]
+    res = {"solo_s": solo, "pairs_s": pairs, "slowdowns": slow, "median_slowdown": statistics.median(slow),
+           "max_slowdown": max(slow)}
+    say(f"\nshared machine: one Fashion-MNIST epoch alone {base:.2f} s (median of {len(solo)}); two at once: "
+        + ", ".join(f"{t:.2f}" for pair in pairs for t in pair) + f" s -> slowdown {res['median_slowdown']:.2f}x "
+        f"(max {res['max_slowdown']:.2f}x; 2.0x is the fair share)")
+    return res

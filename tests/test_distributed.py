@@ -115,13 +115,17 @@ def test_mpi_ranks_agree_bitwise_and_match_single_process(tmp_path, ranks):
         np.testing.assert_array_equal(p, params[0])
     sys.path.insert(0, HERE)
     from dist_case import train
-    single = train(None)
+    from threadpoolctl import threadpool_limits
+    with threadpool_limits(1):
+        single = train(None)
     np.testing.assert_allclose(params[0], single, rtol=0, atol=2e-6)
     if ranks == 2:   # the in-process simulation with the same thread count gives the same bits
+        from threadpoolctl import threadpool_limits
         threads = fastbp.get_num_threads()
-        try:
+        try:   # like the ranks: 1 numba thread, and numpy's BLAS (pure-Python mode's GEMM) on 1 thread
             fastbp.set_num_threads(1)
-            sim = simulate(2, lambda c: train(c))
+            with threadpool_limits(1):
+                sim = simulate(2, lambda c: train(c))
         finally:
             fastbp.set_num_threads(threads)
         np.testing.assert_array_equal(sim[0], params[0])

@@ -32,6 +32,7 @@ def test_gradcheck_cli_exit_codes(capsys):
     assert "FAILED" in capsys.readouterr().out
 
 
+@pytest.mark.slow   # 12,000 small steps: seconds compiled, minutes in the pure-Python coverage run
 def test_vanishing_experiment_on_article_000_data_sigmoid_deltas_shrink_toward_input(tmp_path):
     out = []
     res, files = experiments.vanishing(str(tmp_path), seed=0, relu=True, say=out.append)
@@ -47,6 +48,7 @@ def test_vanishing_experiment_on_article_000_data_sigmoid_deltas_shrink_toward_i
     assert len(h["grad_norms"]) == 300 * 20 and "layer0.delta" in h["grad_norms"][0]   # 200 rows / batch 10
 
 
+@pytest.mark.slow
 def test_vanishing_full_batch_variant(tmp_path):
     res, _ = experiments.vanishing(str(tmp_path), variant="full-batch", epochs=300, say=lambda *a: None)
     sig = list(res["sigmoid"]["deltas"].values())
@@ -55,6 +57,7 @@ def test_vanishing_full_batch_variant(tmp_path):
         experiments.vanishing(str(tmp_path), variant="nope")
 
 
+@pytest.mark.slow   # four 784-512-512-10 runs: ~100 s in the pure-Python coverage run
 def test_regularizers_experiment_writes_three_figures_and_a_table(tmp_path):
     out = []
     summary, files = experiments.regularizers(str(tmp_path), epochs=1, subset=1200, say=out.append, bias=False)
