@@ -543,3 +543,64 @@ def shared(data_dir=None, rounds=2, out=None):
         + ", ".join(f"{t:.2f}" for pair in pairs for t in pair) + f" s -> slowdown {res['median_slowdown']:.2f}x "
         f"(max {res['max_slowdown']:.2f}x; 2.0x is the fair share)")
     return res
+
+
+def profile(batch_sizes=(32, 128, 512), repeat=7, out=None):
+    """``fastbp bench --profile``: where a training step's time goes, per batch size.
+
+    * ``fit step``: one step through ``Model.fit`` (shuffled gather + Python loop + program);
+    * ``gemm``: the step's GEMMs alone, split across threads as the kernels split them;
+    * ``regions``: the fixed cost of the step's parallel regions (empty regions, as many as the
+      step's program has entries);
+    * ``elementwise``: the program minus the two above (bias, activations, loss, optimizer);
+    * ``python``: the fit step minus the program (gather, loop, checks).
+    """
+    import fastbp
+    say = (lambda s: print(s, file=out, flush=True)) if out is not None else (lambda s: None)
+    rng = np.random.default_rng(0)
+    nt = fastbp.get_num_threads()
+    rows = []
+    say(f"\nstep time breakdown ({nt} threads; median of {repeat} blocks; shares of the fit step)")
+    say(f"{'batch':>6} {'fit step ms':>11} {'gemm':>6} {'elementwise':>12} {'regions':>8} {'python':>7} "
+        f"{'program ms':>10} {'entries':>8}")
+    for B in batch_sizes:
+        row = _profile_row(B, rng, nt, repeat)
+        rows.append(row)
+        step = row["fit_step_ms"]
+
+        def pct(v, step=step):
+            return f"{100 * v / step:5.0f}%"
+        say(f"{B:>6} {step:11.3f} {pct(row['gemm_ms']):>6} {pct(row['elementwise_ms']):>12} "
+            f"{pct(row['regions_ms']):>8} {pct(row['python_ms']):>7} {row['program_ms']:10.3f} {row['entries']:>8}")
+    return rows
+
+
+def _profile_row(B, rng, nt, repeat, n_steps=20):
+    import fastbp
+    from fastbp.kernels.gemm_floor import empty_regions
+    m = fastbp.Model([fastbp.Dense(512, "tanh"), fastbp.Dense(512, "tanh"), fastbp.Dense(10)], input_dim=784)
+    X = rng.random((B * n_steps, 784), dtype=np.float32)
+    y = rng.integers(0, 10, B * n_steps)
+    m.fit(X[:B], y[:B], epochs=1, batch_size=B, lr=0.01)
+    ws = m.plan.train_workspace(B)
+    ws.x[...] = X[:B]
+    ws.y[...] = y[:B]
+    entries = len(m.plan.program(ws, "train", m.optimizer, m.opt_state).names)
+    _, gemm = _gemm_floor_steps(B, rng)
+    scratch = np.zeros(max(nt, 1))
+
+    def fit():
+        m.fit(X, y, epochs=1, batch_size=B, lr=0.01, shuffle=True)
+
+    def program():
+        m.plan.run(ws, "train", 1, 0.01, True, nt, m.optimizer, m.opt_state)
+
+    def regions():
+        empty_regions(scratch, entries, nt)
+    med = {k: spread(v)["median"] for k, v in _measure({"fit": fit, "program": program, "gemm": gemm,
+                                                         "regions": regions}, repeat).items()}
+    step = med["fit"] / n_steps
+    return {"batch": B, "fit_step_ms": step * 1e3, "program_ms": med["program"] * 1e3, "gemm_ms": med["gemm"] * 1e3,
+            "regions_ms": med["regions"] * 1e3,
+            "elementwise_ms": max(med["program"] - med["gemm"] - med["regions"], 0.0) * 1e3,
+            "python_ms": max(step - med["program"], 0.0) * 1e3, "entries": entries}

@@ -83,6 +83,8 @@ def build_parser():
     b.add_argument("--no-scaling", action="store_true", help="skip the thread-scaling table")
     b.add_argument("--epoch", action="store_true", help="also time one Fashion-MNIST epoch vs PyTorch")
     b.add_argument("--data-dir", default=None, help="folder with the Fashion-MNIST IDX files")
+    b.add_argument("--profile", action="store_true",
+                   help="also break a step down: GEMM, elementwise, parallel-region overhead, Python")
     b.add_argument("--shared", action="store_true",
                    help="also run two copies of the epoch benchmark at once and report each one's slowdown vs solo")
     b.add_argument("--distributed", action="store_true",
@@ -379,6 +381,8 @@ def cmd_bench(args):
         _distributed(args)     # refuses an MPI launch without --distributed
     res = bench.run(batch_sizes=args.batch_sizes, repeat=args.repeat, peers=not args.no_peers,
                     scaling=not args.no_scaling, epoch=args.epoch, data_dir=args.data_dir, out=sys.stdout)
+    if args.profile:
+        res["profile"] = bench.profile([b for b in args.batch_sizes if b <= 2048], args.repeat, out=sys.stdout)
     if args.shared:
         res["shared"] = bench.shared(args.data_dir, out=sys.stdout)
     if args.json:

@@ -99,6 +99,7 @@ def test_read_only_install_without_home_trains(tmp_path):
 
 def test_cache_fallback_respects_numba_cache_dir_and_writable_installs(monkeypatch):
     from fastbp.kernels import _jit
+    monkeypatch.setattr(_jit, "JIT_DISABLED", False)   # the rule is the compiled mode's (pure mode caches nothing)
     monkeypatch.setenv("NUMBA_CACHE_DIR", "/somewhere")
     assert _jit.cache_dir_fallback() is None            # the user's setting wins
     monkeypatch.delenv("NUMBA_CACHE_DIR")
