@@ -134,6 +134,7 @@ def read(path):
     except FileNotFoundError:
         raise
     except (zipfile.BadZipFile, ValueError, KeyError, OSError, EOFError, NotImplementedError, UnicodeDecodeError,
+            RuntimeError,   # zipfile: "File ... is encrypted" (a flipped flag bit)
             json.JSONDecodeError) as e:
         raise ValueError(f"{path}: not a valid fastbp checkpoint ({type(e).__name__}: {e})") from None
     if not isinstance(meta, dict) or not isinstance(meta.get("architecture"), dict) or "params" not in arrays:

@@ -702,8 +702,10 @@ def files_case(tmp):
     from fastbp import Dense, Model, data
     m = Model([Dense(3, "tanh"), Dense(2)], input_dim=4)
     m.fit(np.random.default_rng(0).standard_normal((16, 4)), np.arange(16) % 2, optimizer="adam", lr=1e-2)
-    good_ck = open(m.save(os.path.join(tmp, "good.npz")), "rb").read()
-    good_st = open(m.save(os.path.join(tmp, "good.safetensors")), "rb").read()
+    with open(m.save(os.path.join(tmp, "good.npz")), "rb") as f:
+        good_ck = f.read()
+    with open(m.save(os.path.join(tmp, "good.safetensors")), "rb") as f:
+        good_st = f.read()
     idx = np.zeros((3, 2, 2), np.uint8)
     raw = bytes([0, 0, 8, 3]) + b"".join(int(d).to_bytes(4, "big") for d in idx.shape) + idx.tobytes()
     good_idx = {"raw": raw, "gz": gzip.compress(raw)}

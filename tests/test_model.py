@@ -272,3 +272,25 @@ def test_standalone_activation_and_mse(rng):
     assert [type(op).__name__ for op in m.build(3).layers] == ["DenseOp", "ActivationOp", "DenseOp"]
     h = m.fit(X, t, epochs=30, batch_size=16, lr=0.05)
     assert h["loss"][-1] < h["loss"][0] * 0.5
+
+
+def test_checkpoint_with_the_zip_encryption_flag_set_is_a_clear_error(tmp_path):
+    """Found by the property suite: one flipped bit in a zip header made zipfile raise
+    RuntimeError('File ... is encrypted'), which escaped without the file name."""
+    import numpy as np
+
+    from fastbp import Dense, Model
+    m = Model([Dense(3, "tanh"), Dense(2)], input_dim=4)
+    path = m.save(tmp_path / "m.npz")
+    with open(path, "rb") as f:
+        blob = bytearray(f.read())
+    at = 0
+    while (at := blob.find(b"PK\x01\x02", at)) >= 0:   # every central directory entry: set "encrypted"
+        blob[at + 8] |= 1
+        at += 4
+    bad = tmp_path / "enc.npz"
+    bad.write_bytes(bytes(blob))
+    import pytest
+    with pytest.raises(ValueError, match=r"enc.npz: not a valid fastbp checkpoint \(RuntimeError"):
+        Model.load(bad)
+    assert np.isfinite(Model.load(path).params).all()
