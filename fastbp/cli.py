@@ -70,6 +70,9 @@ def build_parser():
     t.add_argument("--distributed", action="store_true",
                    help="data-parallel training over MPI: run as `mpiexec -n N fastbp train --distributed ...` "
                         "(--batch-size is the global batch; threads per rank default to cores / ranks per machine)")
+    t.add_argument("--sync-every", type=_positive(int), default=1, metavar="K",
+                   help="with --distributed: local SGD, averaging the parameters every K steps (1: synchronous "
+                        "gradient all-reduce every step)")
 
     b = sp("bench", help="time one training step: fastbp vs numpy reference vs GEMM floor vs PyTorch")
     b.add_argument("--batch-sizes", type=_hidden, default="32,128,512,2048", help="comma-separated")
@@ -321,7 +324,7 @@ def cmd_train(args):
     try:
         h = model.fit(X, y, epochs=args.epochs, batch_size=args.batch_size, optimizer=opt, seed=args.seed,
                       progress=progress, on_epoch=on_epoch, checkpoint=args.checkpoint, callbacks=stopper,
-                      distributed=comm, **val)
+                      distributed=comm, sync_every=args.sync_every if comm is not None else 1, **val)
     except KeyboardInterrupt:
         close_bar()
         where = f"interrupted in epoch {model.epochs_done + 1} (step {model.step_count})"

@@ -273,6 +273,27 @@ class Step:
         update.run(ws, t, lr, True, nt)
         return stats[0] / n_global, stats[1]
 
+    def run_local(self, X, y, idx, t, lr, nt):
+        """Local SGD: one fused training step on this rank's shard alone (no communication);
+        returns (local mean loss, local correct count, local rows)."""
+        from .workspace import Workspace
+        off, rows = shard(idx.shape[0], self.comm.size, self.comm.rank)
+        key = ("local", rows, off)
+        ws = self.cache.get(key)
+        if ws is None:
+            ws = self.cache[key] = Workspace(self.plan, rows, off)
+        mine = idx[off:off + rows]
+        np.take(X, mine, axis=0, out=ws.x)
+        np.take(y, mine, axis=0, out=ws.y)
+        loss = self.plan.run(ws, "train", t, lr, True, nt, self.optimizer, self.opt_state)
+        return loss, float(ws.stats[1]), rows
+
+    def average(self, model):
+        """Parameters and running statistics := their mean over ranks (the same bits everywhere)."""
+        for a in [model.params] + [a for op in model.plan.ops for a in op.state.values()]:
+            self.comm.allreduce(a)
+            a /= a.dtype.type(self.comm.size)
+
     def broadcast_state(self, model):
         """Rank 0's parameters, running statistics and optimizer state to every rank."""
         self.comm.bcast(model.params)

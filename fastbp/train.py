@@ -146,7 +146,7 @@ def _callbacks(callbacks, progress, on_epoch, verbose):
 
 def fit(model, X, y=None, epochs=1, batch_size=128, lr=None, optimizer=None, shuffle=True, seed=None,
         validation_data=None, validation_split=None, schedule=None, callbacks=None, verbose=False, progress=None,
-        on_epoch=None, checkpoint=None, track_grad_norms=False, grad_norm_every=1, distributed=None):
+        on_epoch=None, checkpoint=None, track_grad_norms=False, grad_norm_every=1, distributed=None, sync_every=1):
     """Train ``model``; returns the history dict (lists per epoch: loss, accuracy, seconds, lr,
     compile_seconds, and val_loss / val_accuracy with validation data).  ``seconds`` excludes
     first-run kernel compilation, which is reported as ``compile_seconds``.
@@ -168,13 +168,21 @@ def fit(model, X, y=None, epochs=1, batch_size=128, lr=None, optimizer=None, shu
     ``distributed``: a ``fastbp.distributed`` communicator: synchronous data-parallel training
     (``batch_size`` is the global batch; see that module).  Only rank 0 prints, calls
     ``progress``/``on_epoch`` and writes checkpoints; an error on any rank stops every rank.
+    ``sync_every=k`` (k > 1, with ``distributed``): local SGD instead, for slow networks: each
+    rank steps on its own shard of every global batch with its own optimizer state, and the
+    parameters (and BatchNorm statistics, which are then per rank) are averaged over ranks every
+    k steps and at the end of every epoch; results then differ from single-process training.
     """
+    sync_every = inputs.positive_int("sync_every", sync_every)
+    if sync_every > 1 and distributed is None:
+        raise ValueError("sync_every: only meaningful with distributed=comm")
     if distributed is not None:
         return _fit_distributed(model, X, y, distributed, epochs=epochs, batch_size=batch_size, lr=lr,
                                 optimizer=optimizer, shuffle=shuffle, seed=seed, validation_data=validation_data,
                                 validation_split=validation_split, schedule=schedule, callbacks=callbacks,
                                 verbose=verbose, progress=progress, on_epoch=on_epoch, checkpoint=checkpoint,
-                                track_grad_norms=track_grad_norms, grad_norm_every=grad_norm_every)
+                                track_grad_norms=track_grad_norms, grad_norm_every=grad_norm_every,
+                                sync_every=sync_every)
     return _fit(model, X, y, epochs, batch_size, lr, optimizer, shuffle, seed, validation_data, validation_split,
                 schedule, callbacks, verbose, progress, on_epoch, checkpoint, track_grad_norms, grad_norm_every)
 
@@ -206,7 +214,8 @@ def _fit_distributed(model, X, y, comm, **kw):
 
 
 def _fit(model, X, y, epochs, batch_size, lr, optimizer, shuffle, seed, validation_data, validation_split,
-         schedule, callbacks, verbose, progress, on_epoch, checkpoint, track_grad_norms, grad_norm_every, comm=None):
+         schedule, callbacks, verbose, progress, on_epoch, checkpoint, track_grad_norms, grad_norm_every, comm=None,
+         sync_every=1):
     from . import checkpoint as ck
     from .schedules import as_schedule
     epochs = inputs.positive_int("epochs", epochs)
@@ -284,7 +293,11 @@ def _fit(model, X, y, epochs, batch_size, lr, optimizer, shuffle, seed, validati
             t = model.step_count
             if sched is not None:
                 lr_t = O.check_lr(base_lr * sched.multiplier(t, epoch), "schedule value * lr")
-            if step is not None:
+            if step is not None and sync_every > 1:     # local SGD: this rank's shard, average every k
+                loss, n_correct, rows = step.run_local(X, y, fill, t, lr_t, nt)
+                if t % sync_every == 0:
+                    step.average(model)
+            elif step is not None:
                 loss, n_correct = step.run(X, y, fill, t, lr_t, nt)
             else:
                 ws = plan.train_workspace(rows)
@@ -305,6 +318,11 @@ def _fit(model, X, y, epochs, batch_size, lr, optimizer, shuffle, seed, validati
                     cb.on_batch_end(model, t, logs)
                 if model.stop_training:
                     break
+        if step is not None and sync_every > 1:
+            step.average(model)
+            sums = np.array([total, correct, done], np.float64)
+            comm.allreduce(sums)
+            total, correct, done = float(sums[0]), float(sums[1]), int(sums[2])
         compiled = compile_seconds[0] - c0   # first-run kernel compilation, reported apart
         secs = time.perf_counter() - t0 - compiled
         _check_params(plan, f"during epoch {epoch + 1} (last step {model.step_count}); lower lr (now {lr_t})")

@@ -140,3 +140,20 @@ def test_a_failing_rank_fails_the_job_within_a_bounded_time(tmp_path, mode):
         del os.environ["FASTBP_TEST_TIMEOUT"]
     assert r.returncode != 0 and secs < 100, (r.returncode, secs, r.stderr[-2000:])
     assert not (tmp_path / "rank0.npy").exists(), "rank 0 must not finish as if nothing happened"
+
+
+def test_local_sgd_sync_every_keeps_ranks_identical_and_trains(xy):
+    X, y = xy
+    y = (X[:, 0] + X[:, 1] > 0).astype(np.int64)
+
+    def run(comm):
+        m = Model([Dense(16, "tanh"), Dropout(0.1), Dense(2)], seed=1)
+        h = m.fit(X, y, epochs=15, batch_size=40, lr=0.2, distributed=comm, sync_every=4)
+        return m.params.copy(), h["accuracy"][-1], m.evaluate(X, y)["accuracy"]
+    res = simulate(2, run)
+    np.testing.assert_array_equal(res[0][0], res[1][0])     # averaged at every epoch end: same bits
+    assert res[0][1] == res[1][1] and res[0][2] > 0.9, res[0][1:]
+    with pytest.raises(ValueError, match="sync_every"):
+        Model(ARCH).fit(X, y, sync_every=2)
+    with pytest.raises(ValueError, match="sync_every"):
+        simulate(2, lambda c: Model(ARCH).fit(X, y, distributed=c, sync_every=0))
