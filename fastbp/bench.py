@@ -197,8 +197,6 @@ def metadata():
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
-                if line.startswith("model name") and not cpu.strip():
-                    cpu = line.split(":", 1)[1].strip()
                 if line.startswith("model name"):
                     cpu = line.split(":", 1)[1].strip()
                 if line.startswith("flags"):

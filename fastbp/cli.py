@@ -380,8 +380,7 @@ def cmd_bench(args):
                 json.dump(res, f, indent=2)
             print(f"wrote {args.json}")
         return 0
-    if not args.distributed:
-        _distributed(args)     # refuses an MPI launch without --distributed
+    _distributed(args)     # refuses an MPI launch without --distributed
     res = bench.run(batch_sizes=args.batch_sizes, repeat=args.repeat, peers=not args.no_peers,
                     scaling=not args.no_scaling, epoch=args.epoch, data_dir=args.data_dir, out=sys.stdout)
     if args.profile:
