@@ -15,6 +15,7 @@ tests use 1e-5 relative on probabilities, 1e-4 absolute on logits).
 import numpy as np
 
 from . import layers as L
+from .inputs import as_array
 from .kernels import count_nonfinite
 
 ACTIVATIONS = ("relu", "leaky_relu", "sigmoid", "tanh")
@@ -40,12 +41,6 @@ def state_dict(model):
     return out
 
 
-def _as_numpy(v):
-    if hasattr(v, "detach") and hasattr(v, "cpu"):      # a torch tensor, without importing torch
-        v = v.detach().cpu().numpy()
-    return np.asarray(v)
-
-
 def load_state_dict(model, sd, strict=True, source="state_dict"):
     """Copy a state dict (numpy arrays or torch tensors, as ``state_dict`` names them) into
     ``model``.  Every key, shape and value is checked before anything is written; errors name
@@ -61,7 +56,7 @@ def load_state_dict(model, sd, strict=True, source="state_dict"):
             expected.add(key)
             if key not in sd:
                 raise ValueError(f"{source}: missing {key!r} (module {i}, {kind})")
-            src = _as_numpy(sd[key])
+            src = as_array(sd[key], f"{source}: {key!r}")
             if src.shape != dst.shape or src.dtype.kind != "f":
                 raise ValueError(f"{source}: {key!r} has shape {src.shape} {src.dtype}, expected {dst.shape} "
                                  f"floating point (module {i}, {kind})")
@@ -117,7 +112,7 @@ def from_state_dict(sd, layers, loss="softmax_ce", dtype=None, seed=0, input_dim
     ``dtype`` default to what the tensors say."""
     if not hasattr(sd, "keys"):
         raise TypeError(f"state_dict: expected a mapping of names to arrays, got {type(sd).__name__}")
-    arrays = {k: _as_numpy(v) for k, v in sd.items()}
+    arrays = {k: as_array(v, f"state_dict: {k!r}") for k, v in sd.items()}
     if input_dim is None:
         first = min((k for k in arrays if k.split(".")[0].isdigit() and k.endswith(".weight")),
                     key=lambda k: int(k.split(".")[0]), default=None)

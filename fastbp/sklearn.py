@@ -21,6 +21,7 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 
 from . import layers as L
 from ._threads import get_num_threads, set_num_threads
+from .callbacks import restore, snapshot
 from .model import Model
 
 
@@ -109,13 +110,13 @@ class _FastBPEstimator(BaseEstimator):
             if value < best - self.tol:
                 best, stale = value, 0
                 if self.early_stopping:
-                    best_state = self.model_.state_dict()
+                    best_state = snapshot(self.model_)
             else:
                 stale += 1
                 if stale >= self.n_iter_no_change:
                     break
         if best_state is not None:
-            self.model_.load_state_dict(best_state)
+            restore(self.model_, best_state)
         return self
 
     def _check_X(self, X, reset):

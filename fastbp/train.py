@@ -286,22 +286,22 @@ def _fit(model, X, y, epochs, batch_size, lr, optimizer, shuffle, seed, validati
             batches, total_rows = _memory_batches(X, y, bounds, order), n
         t0, c0 = time.perf_counter(), compile_seconds[0]
         total, correct, done, lr_t = 0.0, 0.0, 0, base_lr
-        if step is not None:
+        if step is not None:   # distributed: the step gathers its own shard of the batch's rows
             batches = ((e - s, order[s:e]) for s, e in bounds)
-        for rows, fill in batches:
+        for rows, batch in batches:
             model.step_count += 1
             t = model.step_count
             if sched is not None:
                 lr_t = O.check_lr(base_lr * sched.multiplier(t, epoch), "schedule value * lr")
             if step is not None and sync_every > 1:     # local SGD: this rank's shard, average every k
-                loss, n_correct, rows = step.run_local(X, y, fill, t, lr_t, nt)
+                loss, n_correct, rows = step.run_local(X, y, batch, t, lr_t, nt)
                 if t % sync_every == 0:
                     step.average(model)
             elif step is not None:
-                loss, n_correct = step.run(X, y, fill, t, lr_t, nt)
+                loss, n_correct = step.run(X, y, batch, t, lr_t, nt)
             else:
                 ws = plan.train_workspace(rows)
-                fill(ws)
+                batch(ws)          # fills the workspace with the batch's rows
                 loss = plan.run(ws, "train", t, lr_t, True, nt, opt, model.opt_state, fuse=fuse)
                 n_correct = ws.stats[1]
             if not math.isfinite(loss):
