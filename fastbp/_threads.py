@@ -1,12 +1,17 @@
 """One thread domain: numba's.  BLAS is always called single-threaded from inside
 numba's parallel regions (see kernels/_blas.py), so one number governs both."""
 import os
+import time
+from contextlib import contextmanager
 
 import numba
 
 from .kernels.validate import max_threads
 
-_state = {"chosen": False}
+_state = {"applied": False, "explicit": False}
+
+#: FASTBP_ADAPTIVE_THREADS=0 turns the governor off (the thread count then stays as chosen)
+ADAPTIVE_ENV = "FASTBP_ADAPTIVE_THREADS"
 
 
 def usable_cpus():
@@ -35,9 +40,9 @@ def usable_cpus():
 def apply_default_threads():
     """Once, before the first model runs: numba's thread count becomes the CPUs this process may
     use, unless the user chose (NUMBA_NUM_THREADS, or set_num_threads before)."""
-    if _state["chosen"]:
+    if _state["applied"]:
         return
-    _state["chosen"] = True
+    _state["applied"] = True
     if "NUMBA_NUM_THREADS" in os.environ:
         return
     n = min(usable_cpus(), max_threads())
@@ -46,11 +51,28 @@ def apply_default_threads():
 
 
 def set_num_threads(n):
-    """Use ``n`` threads for every fastbp kernel (numba's pool; BLAS calls stay single-threaded)."""
+    """Use ``n`` threads for every fastbp kernel (numba's pool; BLAS calls stay single-threaded).
+    An explicit count is kept as given: the training loop's adaptive governor is then off."""
     if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= max_threads():
         raise ValueError(f"n: expected an int in [1, {max_threads()}] (NUMBA_NUM_THREADS), got {n!r}")
-    _state["chosen"] = True
+    _state["applied"] = _state["explicit"] = True
     numba.set_num_threads(n)
+
+
+@contextmanager
+def pinned(n):
+    """``n`` threads (None: unchanged) inside the block, then the count and whether it was the
+    user's explicit choice are restored (the sklearn estimators' ``n_threads``, bench tables)."""
+    if n is None:
+        yield
+        return
+    old, explicit = numba.get_num_threads(), _state["explicit"]
+    set_num_threads(n)
+    try:
+        yield
+    finally:
+        numba.set_num_threads(old)
+        _state["explicit"] = explicit
 
 
 def get_num_threads():
@@ -67,3 +89,108 @@ def threading_info():
         layer = None
     return {"numba_threads": numba.get_num_threads(), "threading_layer": layer,
             "blas": blas["backend"], "blas_library": blas["library"], "blas_threads_per_call": 1}
+
+
+def adaptive():
+    """Whether training adapts its thread count to the CPUs it actually gets: yes unless the user
+    chose a count (NUMBA_NUM_THREADS, ``set_num_threads``, ``--threads``) or set
+    FASTBP_ADAPTIVE_THREADS=0."""
+    if os.environ.get(ADAPTIVE_ENV, "1").strip().lower() in ("0", "false", "no", "off"):
+        return False
+    return "NUMBA_NUM_THREADS" not in os.environ and not _state["explicit"]
+
+
+def _runnable_elsewhere():
+    """Runnable tasks on the machine that are not this process's: /proc/loadavg's running count
+    minus this process's threads in state R (None where /proc is missing)."""
+    try:
+        with open("/proc/loadavg", "rb") as f:
+            total = int(f.read().split()[3].split(b"/")[0])
+        own = 0
+        for t in os.listdir("/proc/self/task"):
+            try:
+                with open(f"/proc/self/task/{t}/stat", "rb") as f:
+                    s = f.read()
+            except OSError:      # the thread ended meanwhile
+                continue
+            k = s.rindex(b")")
+            own += s[k + 2:k + 3] == b"R"
+        return max(0, total - own)
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+class Governor:
+    """Keeps the number of running threads within the CPUs the process actually gets.
+
+    Why: numba's OpenMP threads spin-wait at the end of every parallel region, and a step has
+    several; when another process holds a core, every region waits for a descheduled thread and
+    training collapses (6-13x slower with two trainings on 2 cores, where 2x is the fair share).
+
+    How: the kernels' time is measured in windows of ``window`` seconds (wall clock and process
+    CPU time, only around the step program, so data loading does not count).  A process that gets
+    less than ``low`` of the CPU time its threads ask for in two windows in a row runs on
+    round(CPUs it got) threads.  While below its maximum, it probes one more thread when the
+    machine's other runnable tasks leave a CPU free; a probe that again gets too little CPU goes
+    back and waits twice as long before the next one.
+
+    Results do not depend on it: the kernels cut their work into ``nt`` chunks fixed for the whole
+    fit, whichever number of threads runs them, so weights stay bitwise identical."""
+
+    def __init__(self, window=0.05, low=0.7, cpus=None):
+        self.window, self.low = float(window), float(low)
+        self.nmax = numba.get_num_threads()
+        self.n = self.nmax
+        self.cpus = usable_cpus() if cpus is None else int(cpus)
+        self.wall = self.cpu = 0.0
+        self.lows = 0
+        self.probing = False
+        self.backoff = 1
+        self.next_probe = 0
+        self.windows = 0
+        self.changes = []      # (window index, new thread count), for the bench and tests
+        self._t = self._c = 0.0
+
+    def __enter__(self):
+        self._t, self._c = time.perf_counter(), time.process_time()
+        return self
+
+    def __exit__(self, *exc):
+        self.wall += time.perf_counter() - self._t
+        self.cpu += time.process_time() - self._c
+        if self.wall >= self.window:
+            self._decide(self.cpu / self.wall)
+            self.wall = self.cpu = 0.0
+        return False
+
+    def _set(self, n):
+        self.n = n
+        self.changes.append((self.windows, n))
+        numba.set_num_threads(n)
+
+    def _decide(self, rate):
+        self.windows += 1
+        n = self.n
+        if n > 1 and rate < self.low * n:
+            self.lows += 1
+            if self.lows >= 2 or self.probing:
+                if self.probing:
+                    self.backoff = min(self.backoff * 2, 64)
+                self.probing, self.lows = False, 0
+                self.next_probe = self.windows + self.backoff
+                self._set(max(1, min(n - 1, int(rate + 0.5))))
+            return
+        self.lows = 0
+        if self.probing:           # the probe got its CPUs: keep it
+            self.probing, self.backoff = False, 1
+        if n < self.nmax and self.windows >= self.next_probe:
+            others = _runnable_elsewhere()
+            if others is not None and self.cpus - others > n:
+                self.probing = True
+                self._set(min(self.nmax, self.cpus - others))
+
+    def close(self):
+        """Back to the thread count the fit started with."""
+        if self.n != self.nmax:
+            numba.set_num_threads(self.nmax)
+            self.n = self.nmax

@@ -327,18 +327,16 @@ def run(batch_sizes=(32, 128, 512, 2048), repeat=7, peers=True, scaling=True, ep
     if scaling:
         say("\nthread scaling, batch 128 (fastbp step)")
         say(f"{'threads':>7} {'ms':>8} {'speedup':>8}")
-        n0 = fastbp.get_num_threads()
         import numba
+
+        from fastbp._threads import pinned
         base = None
-        try:
-            for n in range(1, numba.config.NUMBA_NUM_THREADS + 1):
-                fastbp.set_num_threads(n)
+        for n in range(1, numba.config.NUMBA_NUM_THREADS + 1):
+            with pinned(n):
                 t = spread(_measure({"s": _fastbp_step(128, rng)}, repeat)["s"])["median"]
-                base = base or t
-                res["scaling"].append({"threads": n, "ms": t * 1e3, "speedup": base / t})
-                say(f"{n:>7} {t * 1e3:8.3f} {base / t:8.2f}")
-        finally:
-            fastbp.set_num_threads(n0)
+            base = base or t
+            res["scaling"].append({"threads": n, "ms": t * 1e3, "speedup": base / t})
+            say(f"{n:>7} {t * 1e3:8.3f} {base / t:8.2f}")
         if len(res["scaling"]) > 1 and res["scaling"][-1]["speedup"] < 1.0:
             warn(f"{res['scaling'][-1]['threads']} threads are slower than 1 "
                  f"(speedup {res['scaling'][-1]['speedup']:.2f}): other work is using the cores")
@@ -498,27 +496,38 @@ print("ready", flush=True)
 sys.stdin.readline()                                  # all copies start together
 t = time.perf_counter()
 m.fit(X, y, epochs=1, batch_size=128, lr=0.1, seed=1)
-print(json.dumps({"s": time.perf_counter() - t, "threads": fastbp.get_num_threads()}), flush=True)
+print(json.dumps({"s": time.perf_counter() - t, "threads": fastbp.get_num_threads(),
+                  "thread_changes": getattr(m, "thread_changes", [])}), flush=True)
 """
 
+_BUSY_SCRIPT = "import sys, time\nend = time.time() + float(sys.argv[1])\nwhile time.time() < end:\n    pass\n"
 
-def _epoch_processes(n, data_dir, env=None):
-    """Seconds of one Fashion-MNIST epoch in each of ``n`` processes started together."""
+
+def _epoch_processes(n, data_dir, env=None, busy=False):
+    """One Fashion-MNIST epoch in each of ``n`` processes started together (with ``busy``: beside
+    a CPU-bound busy loop); each one's {"s": seconds, "thread_changes": [...]}."""
     import json
     import subprocess
     import sys
     procs = [subprocess.Popen([sys.executable, "-c", _SHARED_SCRIPT, data_dir or ""], stdin=subprocess.PIPE,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env) for _ in range(n)]
+    loop = None
     try:
         for p in procs:
             line = p.stdout.readline()
             if line.strip() != "ready":
                 raise RuntimeError(f"epoch benchmark process failed: {p.stderr.read()[-2000:]}")
+        if busy:
+            loop = subprocess.Popen([sys.executable, "-c", _BUSY_SCRIPT, "900"])
+            time.sleep(0.2)
         for p in procs:
             p.stdin.write("go\n")
             p.stdin.flush()
-        out = [json.loads(p.stdout.readline())["s"] for p in procs]
+        out = [json.loads(p.stdout.readline()) for p in procs]
     finally:
+        if loop is not None:
+            loop.kill()
+            loop.wait()
         for p in procs:
             if p.poll() is None:
                 p.wait(timeout=900)
@@ -527,21 +536,37 @@ def _epoch_processes(n, data_dir, env=None):
 
 def shared(data_dir=None, rounds=2, out=None):
     """``fastbp bench --shared``: one Fashion-MNIST epoch (batch 128) alone, then two copies at
-    once; each copy's slowdown against solo (2.0 is a fair share of the machine)."""
+    once, then one beside a CPU-bound busy loop; each one's slowdown against solo (2.0 is a fair
+    share of a 2-core machine) and the thread counts the governor chose."""
     say = (lambda s: print(s, file=out, flush=True)) if out is not None else (lambda s: None)
-    solo, pairs = [], []
+    solo, pairs, busy = [], [], []
     for _ in range(rounds):
         solo += _epoch_processes(1, data_dir)
         pairs.append(_epoch_processes(2, data_dir))
-    base = statistics.median(solo)
-    slow = [t / base for pair in pairs for t in pair]
-    res = {"solo_s": solo, "pairs_s": pairs, "slowdowns": slow, "median_slowdown": statistics.median(slow),
-           "max_slowdown": max(slow)}
-    say(f"\nshared machine: one Fashion-MNIST epoch alone {base:.2f} s (median of {len(solo)}); two at once: "
-        + ", ".join(f"{t:.2f}" for pair in pairs for t in pair) + f" s -> slowdown {res['median_slowdown']:.2f}x "
-        f"(max {res['max_slowdown']:.2f}x; 2.0x is the fair share)")
+        busy += _epoch_processes(1, data_dir, busy=True)
+    base = statistics.median(r["s"] for r in solo)
+    slow = [r["s"] / base for pair in pairs for r in pair]
+    slow_busy = [r["s"] / base for r in busy]
+    res = {"solo_s": [r["s"] for r in solo], "pairs_s": [[r["s"] for r in pair] for pair in pairs],
+           "busy_s": [r["s"] for r in busy], "slowdowns": slow, "median_slowdown": statistics.median(slow),
+           "max_slowdown": max(slow), "busy_slowdowns": slow_busy,
+           "median_busy_slowdown": statistics.median(slow_busy), "max_busy_slowdown": max(slow_busy),
+           "thread_changes": {"solo": [r["thread_changes"] for r in solo],
+                              "pairs": [[r["thread_changes"] for r in pair] for pair in pairs],
+                              "busy": [r["thread_changes"] for r in busy]}}
+    say(f"\nshared machine: one Fashion-MNIST epoch alone {base:.2f} s (median of {len(solo)})")
+    say("  two at once: " + ", ".join(f"{r['s']:.2f}" for pair in pairs for r in pair)
+        + f" s -> slowdown {res['median_slowdown']:.2f}x (max {res['max_slowdown']:.2f}x; 2.0x is the fair share)")
+    say("  beside a busy loop: " + ", ".join(f"{r['s']:.2f}" for r in busy)
+        + f" s -> slowdown {res['median_busy_slowdown']:.2f}x (max {res['max_busy_slowdown']:.2f}x)")
+    say("  threads the governor ended on: solo " + ",".join(str(_last_threads(r)) for r in solo)
+        + "; pairs " + ",".join(str(_last_threads(r)) for pair in pairs for r in pair)
+        + "; busy " + ",".join(str(_last_threads(r)) for r in busy))
     return res
 
+
+def _last_threads(r):
+    return r["thread_changes"][-1][1] if r["thread_changes"] else r["threads"]
 
 def profile(batch_sizes=(32, 128, 512), repeat=7, out=None):
     """``fastbp bench --profile``: where a training step's time goes, per batch size.

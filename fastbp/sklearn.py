@@ -10,7 +10,6 @@ Training: ``epochs`` passes at most; it stops earlier when the training loss (or
 rows) has not improved by ``tol`` for ``n_iter_no_change`` epochs; with ``early_stopping`` the
 best weights are restored, as scikit-learn's ``MLPClassifier`` does.
 """
-from contextlib import contextmanager
 
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
@@ -20,22 +19,9 @@ from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from . import layers as L
-from ._threads import get_num_threads, set_num_threads
+from ._threads import pinned as _threads
 from .callbacks import restore, snapshot
 from .model import Model
-
-
-@contextmanager
-def _threads(n):
-    if n is None:
-        yield
-        return
-    old = get_num_threads()
-    set_num_threads(n)
-    try:
-        yield
-    finally:
-        set_num_threads(old)
 
 
 class _FastBPEstimator(BaseEstimator):

@@ -10,6 +10,7 @@ It takes a model and drives its plan; it owns no maths.  Rules it applies:
 * With ``checkpoint`` the model is saved after every epoch and resumed from the file if it
   exists; ``epochs`` is then the total to reach.
 """
+import contextlib
 import itertools
 import math
 import os
@@ -19,7 +20,7 @@ import numpy as np
 
 from . import inputs
 from . import optim as O
-from ._threads import get_num_threads
+from ._threads import Governor, adaptive, get_num_threads
 from .kernels import count_nonfinite
 from .program import compile_seconds
 
@@ -270,86 +271,93 @@ def _fit(model, X, y, epochs, batch_size, lr, optimizer, shuffle, seed, validati
         bounds = _batch_bounds(n, B, per_batch)
         if n < per_batch:
             raise ValueError(f"X: BatchNorm in training needs at least {plan.min_train_rows} rows, got {n}")
-    nt = get_num_threads()
+    nt = get_num_threads()     # chunks per kernel for the whole fit, whichever threads run them
+    gov = Governor() if comm is None and nt > 1 and adaptive() else contextlib.nullcontext()
     model.train()
     model.stop_training = False
     start_epoch = model.epochs_done
     end_epoch = epochs if checkpoint is not None else start_epoch + epochs
     for cb in cbs:
         cb.on_train_begin(model, {"epochs": end_epoch - start_epoch})
-    for epoch in range(start_epoch, end_epoch):
-        if stream:
-            batches, total_rows = _stream_batches(model, source.items(), epoch), None
-        else:
-            rng = np.random.default_rng([seed, epoch])
-            order = rng.permutation(n) if shuffle else np.arange(n)
-            batches, total_rows = _memory_batches(X, y, bounds, order), n
-        t0, c0 = time.perf_counter(), compile_seconds[0]
-        total, correct, done, lr_t = 0.0, 0.0, 0, base_lr
-        if step is not None:   # distributed: the step gathers its own shard of the batch's rows
-            batches = ((e - s, order[s:e]) for s, e in bounds)
-        for rows, batch in batches:
-            model.step_count += 1
-            t = model.step_count
-            if sched is not None:
-                lr_t = O.check_lr(base_lr * sched.multiplier(t, epoch), "schedule value * lr")
-            if step is not None and sync_every > 1:     # local SGD: this rank's shard, average every k
-                loss, n_correct, rows = step.run_local(X, y, batch, t, lr_t, nt)
-                if t % sync_every == 0:
-                    step.average(model)
-            elif step is not None:
-                loss, n_correct = step.run(X, y, batch, t, lr_t, nt)
+    try:
+        for epoch in range(start_epoch, end_epoch):
+            if stream:
+                batches, total_rows = _stream_batches(model, source.items(), epoch), None
             else:
-                ws = plan.train_workspace(rows)
-                batch(ws)          # fills the workspace with the batch's rows
-                loss = plan.run(ws, "train", t, lr_t, True, nt, opt, model.opt_state, fuse=fuse)
-                n_correct = ws.stats[1]
-            if not math.isfinite(loss):
-                raise FloatingPointError(f"training diverged: loss is {loss} at epoch {epoch + 1}, "
-                                         f"step {t}; lower lr (now {lr_t})")
-            if track_grad_norms and t % grad_norm_every == 0:
-                hist["grad_norms"].append(_grad_norms(plan, ws, t))
-            total += loss * rows
-            correct += float(n_correct)
-            done += rows
-            if cbs:
-                logs = {"step": t, "loss": loss, "rows": rows, "done": done, "total": total_rows, "lr": lr_t}
-                for cb in cbs:
-                    cb.on_batch_end(model, t, logs)
-                if model.stop_training:
-                    break
-        if step is not None and sync_every > 1:
-            step.average(model)
-            sums = np.array([total, correct, done], np.float64)
-            comm.allreduce(sums)
-            total, correct, done = float(sums[0]), float(sums[1]), int(sums[2])
-        compiled = compile_seconds[0] - c0   # first-run kernel compilation, reported apart
-        secs = time.perf_counter() - t0 - compiled
-        _check_params(plan, f"during epoch {epoch + 1} (last step {model.step_count}); lower lr (now {lr_t})")
-        hist["epoch"].append(epoch + 1)
-        hist["loss"].append(total / done)
-        hist["accuracy"].append(correct / done if plan.loss.has_accuracy else None)
-        hist["seconds"].append(secs)
-        hist["samples_per_s"].append(done / secs if secs > 0 else float("inf"))
-        hist["lr"].append(lr_t)
-        hist["compile_seconds"].append(compiled)
-        if val is not None:
-            ev = model.evaluate(*val)
-            model.train()
-            hist["val_loss"].append(ev["loss"])
-            hist["val_accuracy"].append(ev.get("accuracy"))
-        model.epochs_done = epoch + 1
-        logs = {k: hist[k][-1] for k in ("epoch", "loss", "accuracy", "seconds", "lr")}
-        logs.update(val_loss=hist["val_loss"][-1] if val is not None else None,
-                    val_accuracy=hist["val_accuracy"][-1] if val is not None else None)
-        if sched is not None:
-            sched.observe(logs)
-        if checkpoint is not None and getattr(model, "rank", 0) == 0:
-            model.save(checkpoint)
-        for cb in cbs:
-            cb.on_epoch_end(model, epoch, logs)
-        if model.stop_training:
-            break
+                rng = np.random.default_rng([seed, epoch])
+                order = rng.permutation(n) if shuffle else np.arange(n)
+                batches, total_rows = _memory_batches(X, y, bounds, order), n
+            t0, c0 = time.perf_counter(), compile_seconds[0]
+            total, correct, done, lr_t = 0.0, 0.0, 0, base_lr
+            if step is not None:   # distributed: the step gathers its own shard of the batch's rows
+                batches = ((e - s, order[s:e]) for s, e in bounds)
+            for rows, batch in batches:
+                model.step_count += 1
+                t = model.step_count
+                if sched is not None:
+                    lr_t = O.check_lr(base_lr * sched.multiplier(t, epoch), "schedule value * lr")
+                if step is not None and sync_every > 1:     # local SGD: this rank's shard, average every k
+                    loss, n_correct, rows = step.run_local(X, y, batch, t, lr_t, nt)
+                    if t % sync_every == 0:
+                        step.average(model)
+                elif step is not None:
+                    loss, n_correct = step.run(X, y, batch, t, lr_t, nt)
+                else:
+                    ws = plan.train_workspace(rows)
+                    batch(ws)          # fills the workspace with the batch's rows
+                    with gov:
+                        loss = plan.run(ws, "train", t, lr_t, True, nt, opt, model.opt_state, fuse=fuse)
+                    n_correct = ws.stats[1]
+                if not math.isfinite(loss):
+                    raise FloatingPointError(f"training diverged: loss is {loss} at epoch {epoch + 1}, "
+                                             f"step {t}; lower lr (now {lr_t})")
+                if track_grad_norms and t % grad_norm_every == 0:
+                    hist["grad_norms"].append(_grad_norms(plan, ws, t))
+                total += loss * rows
+                correct += float(n_correct)
+                done += rows
+                if cbs:
+                    logs = {"step": t, "loss": loss, "rows": rows, "done": done, "total": total_rows, "lr": lr_t}
+                    for cb in cbs:
+                        cb.on_batch_end(model, t, logs)
+                    if model.stop_training:
+                        break
+            if step is not None and sync_every > 1:
+                step.average(model)
+                sums = np.array([total, correct, done], np.float64)
+                comm.allreduce(sums)
+                total, correct, done = float(sums[0]), float(sums[1]), int(sums[2])
+            compiled = compile_seconds[0] - c0   # first-run kernel compilation, reported apart
+            secs = time.perf_counter() - t0 - compiled
+            _check_params(plan, f"during epoch {epoch + 1} (last step {model.step_count}); lower lr (now {lr_t})")
+            hist["epoch"].append(epoch + 1)
+            hist["loss"].append(total / done)
+            hist["accuracy"].append(correct / done if plan.loss.has_accuracy else None)
+            hist["seconds"].append(secs)
+            hist["samples_per_s"].append(done / secs if secs > 0 else float("inf"))
+            hist["lr"].append(lr_t)
+            hist["compile_seconds"].append(compiled)
+            if val is not None:
+                ev = model.evaluate(*val)
+                model.train()
+                hist["val_loss"].append(ev["loss"])
+                hist["val_accuracy"].append(ev.get("accuracy"))
+            model.epochs_done = epoch + 1
+            logs = {k: hist[k][-1] for k in ("epoch", "loss", "accuracy", "seconds", "lr")}
+            logs.update(val_loss=hist["val_loss"][-1] if val is not None else None,
+                        val_accuracy=hist["val_accuracy"][-1] if val is not None else None)
+            if sched is not None:
+                sched.observe(logs)
+            if checkpoint is not None and getattr(model, "rank", 0) == 0:
+                model.save(checkpoint)
+            for cb in cbs:
+                cb.on_epoch_end(model, epoch, logs)
+            if model.stop_training:
+                break
+    finally:
+        if isinstance(gov, Governor):
+            gov.close()
+            model.thread_changes = gov.changes     # (window, threads) each time the governor acted
     for cb in cbs:
         cb.on_train_end(model, {"epochs_done": model.epochs_done})
     return hist
