@@ -6,7 +6,8 @@ Each interpreter (e.g. a venv with the previous commit installed, and this one) 
 that builds the 784-512-512-10 tanh MLP (softmax-CE, float32, plain SGD), compiles, and then
 times blocks of ~50 ms of training steps on command.  The driver alternates the two workers block
 by block, so load bursts on this shared machine hit both alike, and reports the median of the
-per-round ratios new/old.  Works with any fastbp version that has ``Model.fit``.
+per-round ratios new/old.  The workers start one after the other, so neither calibrates its block
+length (or has its thread governor react) while the other compiles.  Works with any fastbp version that has ``Model.fit``.
 """
 import argparse
 import json
@@ -48,10 +49,11 @@ def main():
     a = ap.parse_args()
     res = []
     for B in [int(v) for v in a.batch_sizes.split(",")]:
-        procs = {k: subprocess.Popen([py, "-c", WORKER, str(B)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     text=True, cwd="/") for k, py in (("old", a.old), ("new", a.new))}
-        for p in procs.values():
-            assert p.stdout.readline().strip() == "ready"
+        procs = {}
+        for k, py in (("old", a.old), ("new", a.new)):   # one after the other: each calibrates alone
+            procs[k] = subprocess.Popen([py, "-c", WORKER, str(B)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                        text=True, cwd="/")
+            assert procs[k].stdout.readline().strip() == "ready"
         t = {"old": [], "new": []}
         for r in range(a.rounds):
             for k in (("old", "new") if r % 2 == 0 else ("new", "old")):

@@ -134,11 +134,14 @@ class Governor:
     machine's other runnable tasks leave a CPU free; a probe that again gets too little CPU goes
     back and waits twice as long before the next one.
 
+    Windows in which numba compiled are skipped (compiling runs on one thread).
+
     Results do not depend on it: the kernels cut their work into ``nt`` chunks fixed for the whole
     fit, whichever number of threads runs them, so weights stay bitwise identical."""
 
-    def __init__(self, window=0.05, low=0.7, cpus=None):
+    def __init__(self, window=0.05, low=0.7, cpus=None, compiling=None):
         self.window, self.low = float(window), float(low)
+        self.compiling = [0.0] if compiling is None else compiling   # seconds compiled so far (a 1-list)
         self.nmax = numba.get_num_threads()
         self.n = self.nmax
         self.cpus = usable_cpus() if cpus is None else int(cpus)
@@ -152,12 +155,16 @@ class Governor:
         self._t = self._c = 0.0
 
     def __enter__(self):
+        self._k = self.compiling[0]
         self._t, self._c = time.perf_counter(), time.process_time()
         return self
 
     def __exit__(self, *exc):
-        self.wall += time.perf_counter() - self._t
-        self.cpu += time.process_time() - self._c
+        wall, cpu = time.perf_counter() - self._t, time.process_time() - self._c
+        if self.compiling[0] != self._k:    # numba compiled on one thread: not a sign of contention
+            return False
+        self.wall += wall
+        self.cpu += cpu
         if self.wall >= self.window:
             self._decide(self.cpu / self.wall)
             self.wall = self.cpu = 0.0

@@ -272,7 +272,7 @@ def _fit(model, X, y, epochs, batch_size, lr, optimizer, shuffle, seed, validati
         if n < per_batch:
             raise ValueError(f"X: BatchNorm in training needs at least {plan.min_train_rows} rows, got {n}")
     nt = get_num_threads()     # chunks per kernel for the whole fit, whichever threads run them
-    gov = Governor() if comm is None and nt > 1 and adaptive() else contextlib.nullcontext()
+    gov = Governor(compiling=compile_seconds) if comm is None and nt > 1 and adaptive() else contextlib.nullcontext()
     model.train()
     model.stop_training = False
     start_epoch = model.epochs_done
