@@ -64,6 +64,18 @@ def test_governor_drops_to_the_cpus_it_gets_then_probes_back_up(pool, monkeypatc
     assert pool["n"] == 8
 
 
+def test_governor_skips_windows_in_which_numba_compiled(pool, monkeypatch):
+    compiled = [0.0]
+    g = T.Governor(cpus=8, window=0.0, compiling=compiled)
+    for _ in range(3):
+        with g:
+            compiled[0] += 1.0            # a compile inside the step: one thread busy, 7 idle
+    assert g.windows == 0
+    with g:
+        pass
+    assert g.windows == 1
+
+
 def test_governor_never_goes_below_one_thread(pool, monkeypatch):
     monkeypatch.setattr(T, "_runnable_elsewhere", lambda: 99)
     g = T.Governor(cpus=8)
@@ -124,8 +136,8 @@ def test_thread_changes_during_fit_keep_the_weights_bitwise(monkeypatch, rng):
     """The chunk count is fixed for the fit: 1 or 2 threads running the chunks give the same bits
     (the weights' kernels write disjoint columns; the loss adds per-chunk partials)."""
     class Flipping(T.Governor):
-        def __init__(self):
-            super().__init__(window=0.0)
+        def __init__(self, **kw):
+            super().__init__(window=0.0, **kw)
 
         def _decide(self, rate):           # every step: 1, 2, 1, 2 ... threads
             self.windows += 1
