@@ -7,7 +7,8 @@ that builds the 784-512-512-10 tanh MLP (softmax-CE, float32, plain SGD), compil
 times blocks of ~50 ms of training steps on command.  The driver alternates the two workers block
 by block, so load bursts on this shared machine hit both alike, and reports the median of the
 per-round ratios new/old.  The workers start one after the other, so neither calibrates its block
-length (or has its thread governor react) while the other compiles.  Works with any fastbp version that has ``Model.fit``.
+length (or has its thread governor react) while the other compiles.  Works with any fastbp version
+that has ``Model.fit``.
 """
 import argparse
 import json

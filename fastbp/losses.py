@@ -40,6 +40,7 @@ class Loss:
     name = None
     needs_logits = False     # the last layer must have no activation (the loss applies it)
     has_accuracy = True
+    entries = ()             # the jitted entries ``entry`` returns (see Op.entries)
 
     def check_targets(self, y, n, C, dtype, name="y"):
         raise NotImplementedError
@@ -90,6 +91,7 @@ class SoftmaxCE(Loss):
     """Mean softmax cross-entropy over rows; int class labels; the last layer gives logits."""
     name = "softmax_ce"
     needs_logits = True
+    entries = (softmax_ce_entry,)
 
     def check_targets(self, y, n, C, dtype, name="y"):
         y = np.asarray(y)
@@ -137,6 +139,7 @@ class MSE(Loss):
     """Mean squared error over all N*C elements; float targets (N, C)."""
     name = "mse"
     has_accuracy = False
+    entries = (mse_entry,)
 
     def check_targets(self, y, n, C, dtype, name="y"):
         return _float_targets(y, n, C, dtype, name)
@@ -162,6 +165,7 @@ class SigmoidBCE(Loss):
     """Mean binary cross-entropy of sigmoid(logits) over all elements; targets in [0, 1]."""
     name = "sigmoid_bce"
     needs_logits = True
+    entries = (sigmoid_bce_entry,)
 
     def check_targets(self, y, n, C, dtype, name="y"):
         y = _float_targets(y, n, C, dtype, name)

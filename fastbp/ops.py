@@ -66,6 +66,8 @@ class Op:
     """Base unit.  ``act``/``alpha``: the activation fused into this op's output."""
     spec_type = None
     act, alpha = IDENTITY, 0.0
+    entries = ()              # the jitted entries forward_entry/backward_entry return (a cold first
+                              # run compiles them, spread over helper processes: fastbp.warmup)
     stochastic = False        # True when training-mode output differs from eval (dropout, BN)
     batch_coupled = False     # True when a row's output depends on other rows (BN): data-parallel
                               # training then runs the op's sync_forward/sync_backward instead
@@ -154,6 +156,7 @@ def dense_backward_entry(a2, a1, ai, af, ia, fa, t, lr, training, nt):
 class DenseOp(Op):
     spec_type = L.Dense
     fuses_activation = True
+    entries = (dense_forward_entry, dense_backward_entry)
 
     def __init__(self, spec, in_dim, index):
         super().__init__(spec, in_dim, index)
@@ -216,6 +219,7 @@ def batchnorm_backward_entry(a2, a1, ai, af, ia, fa, t, lr, training, nt):
 class BatchNormOp(Op):
     spec_type = L.BatchNorm
     fuses_activation = True
+    entries = (batchnorm_forward_entry, batchnorm_backward_entry)
     stochastic = True
     min_train_rows = 2
 
@@ -325,6 +329,7 @@ def dropout_backward_entry(a2, a1, ai, af, ia, fa, t, lr, training, nt):
 @register
 class DropoutOp(Op):
     spec_type = L.Dropout
+    entries = (dropout_forward_entry, dropout_backward_entry)
     stochastic = True
 
     def portable(self):
@@ -363,6 +368,7 @@ def activation_backward_entry(a2, a1, ai, af, ia, fa, t, lr, training, nt):
 @register
 class ActivationOp(Op):
     spec_type = L.Activation
+    entries = (activation_forward_entry, activation_backward_entry)
 
     def __init__(self, spec, in_dim, index):
         super().__init__(spec, in_dim, index)

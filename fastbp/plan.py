@@ -23,6 +23,7 @@ from ._threads import apply_default_threads
 from .kernels import bind_blas
 from .ops import IO, compile_specs
 from .program import Program
+from .warmup import start_helpers
 from .workspace import Workspace, aligned_empty, check_memory
 
 
@@ -43,6 +44,7 @@ class Plan:
         self.specs, self.loss, self.dtype, self.seed = list(specs), LS.get(loss), np.dtype(dtype), int(seed)
         self.input_dim = int(input_dim)
         self.ops = compile_specs(self.specs, self.input_dim)
+        start_helpers([fn for op in self.ops for fn in op.entries] + list(self.loss.entries), self.dtype)
         if not any(op.param_shapes() for op in self.ops):
             raise ValueError("layers: the model needs at least one layer with parameters (e.g. Dense)")
         last = self.ops[-1]

@@ -57,7 +57,7 @@ class _Notice:
         if not _Notice.shown:
             _Notice.shown = True
             sys.stderr.write(f"fastbp: compiling kernels for {self.dtype} (first run only; cached afterwards, "
-                             f"about 10-20 s; `fastbp warmup` does it ahead of time)...\n")
+                             f"about 5-20 s; `fastbp warmup` does it ahead of time)...\n")
             sys.stderr.flush()
 
     def __enter__(self):
@@ -83,6 +83,8 @@ def _compiled(fn, dtype):
     key = (fn, np.dtype(dtype).name)
     wap = _COMPILED.get(key)
     if wap is None:
+        from .warmup import wait_for
+        wait_for(fn, dtype)      # a helper process may be compiling it into the cache
         sig = entry_signature(dtype)
         fn.compile(sig)
         wap = _COMPILED[key] = CompileResultWAP(fn.overloads[sig.args])
@@ -129,7 +131,12 @@ class Program:
         self.names = [fn.__name__ for fn, _, _ in entries]
         ft = None if JIT_DISABLED else types.FunctionType(entry_signature(dtype))
         with _Notice(dtype):
-            fns = [_compiled(fn, dtype) for fn, _, _ in entries]
+            from .warmup import helping
+            fns = [None] * len(entries)   # this process's own first, then what helpers compiled
+            for i in sorted(range(len(entries)), key=lambda i: helping(entries[i][0], dtype)):
+                if helping(entries[i][0], dtype):
+                    prepare_runner(dtype)    # meanwhile: the list builders and the runner
+                fns[i] = _compiled(entries[i][0], dtype)
             self.fns = typed_list(fns, ft)
         self.ias = typed_list([np.asarray(ia, np.int64) for _, ia, _ in entries],
                               None if JIT_DISABLED else types.int64[::1])
@@ -142,6 +149,27 @@ class Program:
     def run(self, ws, t, lr, training, nt):
         return run_program(self.fns, self.ias, self.fas, ws.a2, ws.a1, ws.ai, ws.af, t, float(lr),
                            bool(training), nt)
+
+
+_PREPARED = set()
+
+
+def prepare_runner(dtype):
+    """Compile (or load) the typed-list builders and ``run_program`` for ``dtype`` ahead of their
+    first call; a cold first run does it while helper processes compile the entries."""
+    name = np.dtype(dtype).name
+    if JIT_DISABLED or name in _PREPARED:
+        return
+    _PREPARED.add(name)
+    f = from_dtype(np.dtype(dtype))
+    items = list(dict.fromkeys([f[:, ::1], f[::1], types.int64[::1], types.float64[::1],
+                                types.FunctionType(entry_signature(dtype))]))
+    for it in items:
+        _list_of.compile((it,))
+        _append.compile((types.ListType(it), it))
+    sig = entry_signature(dtype)
+    run_program.compile((types.ListType(items[-1]), types.ListType(types.int64[::1]),
+                         types.ListType(types.float64[::1])) + tuple(sig.args[:4]) + tuple(sig.args[6:]))
 
 
 @jit

@@ -1,12 +1,123 @@
-"""Compile every kernel fastbp's models use, ahead of time (``fastbp warmup``).
+"""Compiling ahead: ``fastbp warmup``, and a cold first run spread over helper processes.
 
 numba compiles on first use and caches the machine code on disk; a cold first ``fit`` of the
-default MLP spends 10-20 s compiling.  ``warmup`` runs each op, loss and optimizer once on tiny
-data so that later processes only load from the cache.
+default MLP spends ~10 s compiling on one core.  ``warmup`` runs each op, loss and optimizer once
+on tiny data so that later processes only load from the cache.
+
+On a cold cache, a new plan (``start_helpers``) hands the costliest of its uncached entries to
+helper processes (one per spare CPU, at most 3) that compile them into numba's cache, while this
+process compiles the rest and builds its typed lists; ``wait_for`` then waits for the helper
+that owns an entry before this process loads it from the cache.  numba writes cache files
+atomically, so a reader never sees half an entry; a helper that fails or is too slow only means
+this process compiles the entry itself.  FASTBP_PARALLEL_COMPILE=0 turns it off.
 """
+import atexit
+import os
+import subprocess
+import sys
 import time
 
 import numpy as np
+
+#: seconds each entry took to compile on the 2-core VM (2026-12-02): only to balance the helpers
+COST = {"dense_backward_entry": 3.3, "dense_forward_entry": 2.5, "softmax_ce_entry": 1.7,
+        "batchnorm_backward_entry": 2.0, "batchnorm_forward_entry": 1.5}
+OWN_WORK = 1.5       # s the first process spends meanwhile on typed lists and the step runner
+HELPER_START = 0.6   # s a helper needs to import numba and fastbp
+WAIT_LIMIT = 300.0   # s after which a helper is given up (this process then compiles the entry)
+ENV = "FASTBP_PARALLEL_COMPILE"
+
+_helpers = {}        # (entry function, dtype name) -> the helper process compiling it
+spawned = []         # the entry names each helper was given, in start order (for tests and bench)
+
+_HELPER = """
+import importlib, sys
+from fastbp.program import _compiled
+for name in sys.argv[2:]:
+    mod, fn = name.split(":")
+    _compiled(getattr(importlib.import_module(mod), fn), sys.argv[1])
+"""
+
+
+def cached(fn, dtype):
+    """Whether numba's disk cache holds ``fn`` compiled for ``dtype`` (None: cannot tell)."""
+    from .program import entry_signature
+    try:
+        c = fn._cache
+        key = c._index_key(entry_signature(dtype), fn.targetctx.codegen())
+        return key in c._cache_file._load_index()
+    except Exception:    # numba internals (stable since 0.49); unknown means: do not spawn helpers
+        return None
+
+
+def start_helpers(fns, dtype):
+    """Hand the costliest uncached entries of a new plan to helper processes (see module doc)."""
+    from ._threads import usable_cpus
+    from .distributed import launched_ranks
+    from .kernels import JIT_DISABLED
+    from .program import _COMPILED
+    if JIT_DISABLED or os.environ.get(ENV, "1").strip().lower() in ("0", "false", "no", "off"):
+        return []
+    if (launched_ranks() or 1) > 1:    # MPI ranks: each compiles on its own CPU already
+        return []
+    dtype = np.dtype(dtype).name
+    cold = [fn for fn in dict.fromkeys(fns)
+            if (fn, dtype) not in _COMPILED and (fn, dtype) not in _helpers and cached(fn, dtype) is False]
+    k = min(usable_cpus() - 1, len(cold) - 1, 3)
+    if k < 1:
+        return []
+    loads, parts = [OWN_WORK] + [HELPER_START] * k, [[] for _ in range(k + 1)]
+    for fn in sorted(cold, key=lambda f: COST.get(f.__name__, 1.0), reverse=True):   # longest first
+        i = loads.index(min(loads))
+        parts[i].append(fn)
+        loads[i] += COST.get(fn.__name__, 1.0)
+    env = dict(os.environ)
+    from numba import config
+    if config.CACHE_DIR:
+        env["NUMBA_CACHE_DIR"] = config.CACHE_DIR    # the read-only-install fallback, said once here
+    procs = []
+    for part in parts[1:]:
+        if not part:
+            continue
+        names = [f"{fn.py_func.__module__}:{fn.__name__}" for fn in part]
+        try:
+            p = subprocess.Popen([sys.executable, *subprocess._args_from_interpreter_flags(), "-c", _HELPER, dtype,
+                                  *names], env=env,
+                                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        except OSError:
+            continue
+        if not _helpers:
+            atexit.register(stop_helpers)
+        spawned.append(names)
+        procs.append(p)
+        for fn in part:
+            _helpers[(fn, dtype)] = p
+    return procs
+
+
+def helping(fn, dtype):
+    return (fn, np.dtype(dtype).name) in _helpers
+
+
+def wait_for(fn, dtype):
+    """If a helper compiles ``fn`` for ``dtype``, wait until it is done (it wrote numba's cache)."""
+    p = _helpers.pop((fn, np.dtype(dtype).name), None)
+    if p is None:
+        return
+    try:
+        p.wait(timeout=WAIT_LIMIT)
+    except subprocess.TimeoutExpired:
+        p.kill()
+        p.wait()
+
+
+def stop_helpers():
+    """End helpers still running (at exit, or a plan given up)."""
+    for p in set(_helpers.values()):
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    _helpers.clear()
 
 
 def steps(dtype):
