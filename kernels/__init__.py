@@ -84,10 +84,12 @@ def __dir__():
 
 
 def blas_info():
-    """{"backend", "library", "blis_kernels"} of the bound BLAS (binding it if needed)."""
+    """{"backend", "library", "blis_kernels", "choice"} of the bound BLAS (binding it if needed);
+    ``choice`` says how ``FASTBP_BLAS=auto`` chose between BLIS and OpenBLAS (None otherwise)."""
     from . import _blas
     _blas.bind()
-    return {"backend": _blas.BACKEND or "numpy", "library": _blas.LIBRARY_PATH, "blis_kernels": _blas.BLIS_KERNELS}
+    return {"backend": _blas.BACKEND or "numpy", "library": _blas.LIBRARY_PATH, "blis_kernels": _blas.BLIS_KERNELS,
+            "choice": _blas.CHOICE}
 
 
 def blas_backend():

@@ -111,3 +111,43 @@ def test_openblas_backend_sets_scipys_copy_to_one_thread_only_when_it_binds():
     r = subprocess.run([sys.executable, "-c", BINDS_LATE], capture_output=True, text=True, env=env, timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]
     assert r.stdout.split() == ["openblas", "True", "[1]"]
+
+
+CHOICE = r"""
+import json, fastbp.kernels as K
+from fastbp.kernels import _blas
+info = K.blas_info()
+print(json.dumps({"backend": info["backend"], "choice": info["choice"]}))
+"""
+
+
+def _auto(tmp_path, **extra):
+    env = {k: v for k, v in os.environ.items() if k not in ("FASTBP_BLAS", "NUMBA_CACHE_DIR")}
+    env.update({"XDG_CACHE_HOME": str(tmp_path), "FASTBP_BLAS": "auto", **extra})
+    r = subprocess.run([sys.executable, "-c", CHOICE], capture_output=True, text=True, env=env, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    import json
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.skipif("blis" not in _available(), reason="auto chooses by timing only between BLIS and OpenBLAS")
+def test_auto_times_blis_and_openblas_once_per_machine_and_remembers(tmp_path):
+    import json
+    first = _auto(tmp_path)
+    assert first["choice"]["how"] == "measured" and first["backend"] in ("blis", "openblas")
+    ms = first["choice"]["ms"]
+    ratio = first["choice"]["blis/openblas"]
+    assert len(ms["blis"]) == len(ms["openblas"]) == 9 and ratio > 0
+    assert first["backend"] == ("blis" if ratio < 1 else "openblas")      # the faster one
+    path = tmp_path / "fastbp" / "blas-choice.json"
+    assert list(json.loads(path.read_text()).values()) == [first["backend"]]
+    second = _auto(tmp_path)
+    assert second == {"backend": first["backend"], "choice": dict(how="remembered", file=str(path),
+                                                                 backend=first["backend"])}
+    path.write_text("{not json")                                          # a damaged file: time again
+    assert _auto(tmp_path)["choice"]["how"] == "measured"
+    assert json.loads(path.read_text())
+    other = "openblas" if first["backend"] == "blis" else "blis"
+    path.write_text(json.dumps({k: other for k in json.loads(path.read_text())}))
+    assert _auto(tmp_path)["backend"] == other                           # the remembered choice is used
+    assert _auto(tmp_path, FASTBP_BLAS="openblas")["choice"] is None     # an explicit backend: no timing
