@@ -22,9 +22,10 @@ def _timeit(fn, number):
     return (time.perf_counter() - t) / number
 
 
-def _fastbp_step(B, rng):
+def _fastbp_step(B, rng, precision="fp32"):
     import fastbp
-    m = fastbp.Model([fastbp.Dense(512, "tanh"), fastbp.Dense(512, "tanh"), fastbp.Dense(10)], input_dim=784)
+    m = fastbp.Model([fastbp.Dense(512, "tanh"), fastbp.Dense(512, "tanh"), fastbp.Dense(10)], input_dim=784,
+                     precision=precision)
     X = rng.random((B, 784), dtype=np.float32)
     y = rng.integers(0, 10, B)
     m.fit(X, y, epochs=1, batch_size=B, lr=0.01)   # compile, build workspace
@@ -423,6 +424,30 @@ def _epochs(data_dir, peers, say):
     say(f"\nFashion-MNIST epoch (batch 128, shuffle + gather included): fastbp {out['fastbp_s']:.2f} s"
         + (f", torch {out['torch_s']:.2f} s (own process), ratio {out['ratio_torch']:.2f}" if "torch_s" in out else ""))
     return out
+
+
+def bf16(batch_sizes=(32, 128, 512, 2048), repeat=7, out=None):
+    """``fastbp bench --bf16``: training steps with ``precision="bf16"`` against fp32, interleaved
+    in this process (same model, data and threads); None where the CPU or MKL cannot."""
+    from fastbp.kernels import bind_bf16
+    say = (lambda s: print(s, file=out, flush=True)) if out is not None else (lambda s: None)
+    try:
+        bind_bf16()
+    except (RuntimeError, OSError) as e:
+        say(f"\nbf16: not available here ({e})")
+        return None
+    rng = np.random.default_rng(0)
+    rows = []
+    say("\nbf16 mixed precision (dense GEMM operands in bf16, fp32 accumulation and master weights)")
+    say(f"{'batch':>6} {'fp32 ms':>9} {'bf16 ms':>9} {'speedup':>8}")
+    for B in batch_sizes:
+        st = {k: spread(v) for k, v in _measure({"fp32": _fastbp_step(B, rng), "bf16": _fastbp_step(B, rng, "bf16")},
+                                                repeat).items()}
+        row = {"batch": B, "fp32_ms": st["fp32"]["median"] * 1e3, "bf16_ms": st["bf16"]["median"] * 1e3,
+               "speedup": st["fp32"]["median"] / st["bf16"]["median"], "spread": st}
+        rows.append(row)
+        say(f"{B:>6} {row['fp32_ms']:9.3f} {row['bf16_ms']:9.3f} {row['speedup']:8.2f}")
+    return rows
 
 
 def run_distributed(comm, batch_sizes=(128, 512, 2048), repeat=7, out=None):

@@ -218,7 +218,7 @@ def apply(model, arrays, meta, path):
 def to_state(model):
     """Everything a copy needs (for pickle / deepcopy): plain data and numpy arrays."""
     state = {"specs": model.specs, "loss": model.loss, "dtype": model.dtype.name, "seed": model.seed,
-             "training": model.training}
+             "training": model.training, "precision": model.precision}
     if model.built:
         state.update(input_dim=model.input_dim, arrays=_arrays(model, copy=True), meta=json.loads(json.dumps(
             _meta(model))))
@@ -227,7 +227,7 @@ def to_state(model):
 
 def from_state(model, state):
     model.__init__(state["specs"], loss=state["loss"], input_dim=state.get("input_dim"), dtype=state["dtype"],
-                   seed=state["seed"])
+                   seed=state["seed"], precision=state.get("precision", "fp32"))
     if "arrays" in state:
         apply(model, state["arrays"], state["meta"], "<copy>")
     model.training = state["training"]

@@ -92,6 +92,8 @@ def build_parser():
                    help="also run two copies of the epoch benchmark at once and report each one's slowdown vs solo")
     b.add_argument("--distributed", action="store_true",
                    help="under mpiexec: data-parallel step time, all-reduce time and scaling efficiency")
+    b.add_argument("--bf16", action="store_true",
+                   help="also time precision='bf16' training steps against fp32 (CPUs with AVX512_BF16/AMX, MKL)")
     g = sp("gradcheck", help="backprop vs central finite differences on a random small net (float64)")
     g.add_argument("--hidden", type=_hidden, default="5,4", help="hidden widths")
     g.add_argument("--activation", default="tanh", choices=["tanh", "relu", "leaky_relu", "sigmoid", "identity"],
@@ -387,6 +389,8 @@ def cmd_bench(args):
         res["profile"] = bench.profile([b for b in args.batch_sizes if b <= 2048], args.repeat, out=sys.stdout)
     if args.shared:
         res["shared"] = bench.shared(args.data_dir, out=sys.stdout)
+    if args.bf16:
+        res["bf16"] = bench.bf16(args.batch_sizes, args.repeat, out=sys.stdout)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(res, f, indent=2)

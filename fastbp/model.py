@@ -22,7 +22,10 @@ class Model:
 
     ``loss``: ``softmax_ce`` (int labels; last layer gives logits), ``mse`` (float targets (N, C))
     or ``sigmoid_bce`` (targets in [0, 1]; last layer gives logits).  ``dtype``: float32 (default)
-    or float64.  ``seed`` fixes the initial weights and the dropout masks.
+    or float64.  ``seed`` fixes the initial weights and the dropout masks.  ``precision``: ``fp32``
+    (default) or ``bf16``: dense layers multiply bf16-rounded copies of their inputs and weights
+    with fp32 accumulation (master weights, gradients, optimizer state and every other op stay
+    fp32; float32 models on CPUs with AVX512_BF16/AMX only, needs ``fastbp[bf16]``).
 
     ``params`` / ``grads``: one flat buffer each; ``layers[i].W``, ``.dW``, ``.running_mean`` ... are
     views.  ``grads`` holds the gradients of the last call that computed them (``loss_and_grads``,
@@ -30,7 +33,7 @@ class Model:
     backward pass and leaves ``grads`` untouched.
     """
 
-    def __init__(self, layers, loss="softmax_ce", input_dim=None, dtype="float32", seed=0):
+    def __init__(self, layers, loss="softmax_ce", input_dim=None, dtype="float32", seed=0, precision="fp32"):
         if not isinstance(layers, (list, tuple)) or not layers:
             raise ValueError("layers: expected a non-empty list of layer specs")
         for i, s in enumerate(layers):
@@ -41,6 +44,11 @@ class Model:
         if self.dtype.type not in (np.float32, np.float64):
             raise TypeError(f"dtype: expected float32 or float64, got {self.dtype}")
         self.seed = inputs.integer("seed", seed, 0, 2 ** 63 - 1)
+        if precision not in ("fp32", "bf16"):
+            raise ValueError(f"precision: expected 'fp32' or 'bf16', got {precision!r}")
+        if precision == "bf16" and self.dtype != np.float32:
+            raise ValueError(f"precision: 'bf16' keeps float32 master weights; dtype must be float32, got {self.dtype}")
+        self.precision = precision
         self.specs, self.training, self.plan = list(layers), True, None
         self.optimizer, self.opt_state, self.step_count, self.epochs_done, self.history = None, {}, 0, 0, None
         self.stop_training = False   # set by a callback to end fit
@@ -50,7 +58,8 @@ class Model:
 
     def build(self, input_dim):
         """Create the ops and parameters for inputs of ``input_dim`` features."""
-        self.plan = Plan(self.specs, self.loss, inputs.positive_int("input_dim", input_dim), self.dtype, self.seed)
+        self.plan = Plan(self.specs, self.loss, inputs.positive_int("input_dim", input_dim), self.dtype, self.seed,
+                         self.precision)
         return self
 
     built = property(lambda self: self.plan is not None)

@@ -29,7 +29,10 @@ from .kernels import (
     activation_forward_launch,
     batchnorm_backward_launch,
     batchnorm_forward_launch,
+    bf16_store_shape,
+    dense_backward_bf16_launch,
     dense_backward_launch,
+    dense_forward_bf16_launch,
     dense_forward_launch,
     dropout_backward_launch,
     dropout_forward_launch,
@@ -68,6 +71,7 @@ class Op:
     act, alpha = IDENTITY, 0.0
     entries = ()              # the jitted entries forward_entry/backward_entry return (a cold first
                               # run compiles them, spread over helper processes: fastbp.warmup)
+    precision = "fp32"        # set by the plan: "bf16" for bf16 GEMM operands where the op has GEMMs
     stochastic = False        # True when training-mode output differs from eval (dropout, BN)
     batch_coupled = False     # True when a row's output depends on other rows (BN): data-parallel
                               # training then runs the op's sync_forward/sync_backward instead
@@ -152,11 +156,27 @@ def dense_backward_entry(a2, a1, ai, af, ia, fa, t, lr, training, nt):
     return 0.0
 
 
+@jit
+def dense_forward_bf16_entry(a2, a1, ai, af, ia, fa, t, lr, training, nt):
+    # ia: x, out, W, b, act, x16 store, W16 store      fa: alpha
+    dense_forward_bf16_launch(a2[ia[1]], a2[ia[0]], a2[ia[2]], a1[ia[3]], a2[ia[5]], a2[ia[6]], ia[4], fa[0], nt)
+    return 0.0
+
+
+@jit
+def dense_backward_bf16_entry(a2, a1, ai, af, ia, fa, t, lr, training, nt):
+    # ia: dx, dW, db, dz, x, W, b, prev_act, want_dx, fused, x16, W16, dz16 stores     fa: prev_alpha, wd
+    dense_backward_bf16_launch(a2[ia[0]], a2[ia[1]], a1[ia[2]], a2[ia[3]], a2[ia[5]], a1[ia[6]], a2[ia[10]],
+                               a2[ia[11]], a2[ia[12]], a2[ia[4]], ia[7], fa[0], ia[8] != 0, ia[9] != 0, lr, fa[1], nt)
+    return 0.0
+
+
 @register
 class DenseOp(Op):
     spec_type = L.Dense
     fuses_activation = True
-    entries = (dense_forward_entry, dense_backward_entry)
+    entries = property(lambda self: (dense_forward_bf16_entry, dense_backward_bf16_entry) if self.precision == "bf16"
+                       else (dense_forward_entry, dense_backward_entry))
 
     def __init__(self, spec, in_dim, index):
         super().__init__(spec, in_dim, index)
@@ -183,15 +203,31 @@ class DenseOp(Op):
 
     def forward_entry(self, io, update_stats):
         s = io.ws.slot
-        return (dense_forward_entry, [s(io.x), s(io.out), s(self.params["W"]), s(self.params.get("b")), self.act],
-                [self.alpha])
+        ia = [s(io.x), s(io.out), s(self.params["W"]), s(self.params.get("b")), self.act]
+        if self.precision == "bf16":
+            return dense_forward_bf16_entry, ia + [s(self._bf16_store(io, "x16")), s(self._bf16_store(io, "W16"))], \
+                [self.alpha]
+        return dense_forward_entry, ia, [self.alpha]
 
     def backward_entry(self, io, fused_sgd, wd):
         s = io.ws.slot
         pact, palpha = io.prev_act
-        return (dense_backward_entry,
-                [s(io.dx), s(self.grads["W"]), s(self.grads.get("b")), s(io.delta), s(io.x), s(self.params["W"]),
-                 s(self.params.get("b")), pact, io.dx is not None, fused_sgd], [palpha, wd])
+        ia = [s(io.dx), s(self.grads["W"]), s(self.grads.get("b")), s(io.delta), s(io.x), s(self.params["W"]),
+              s(self.params.get("b")), pact, io.dx is not None, fused_sgd]
+        if self.precision == "bf16":
+            return dense_backward_bf16_entry, ia + [s(self._bf16_store(io, n)) for n in ("x16", "W16", "dz16")], \
+                [palpha, wd]
+        return dense_backward_entry, ia, [palpha, wd]
+
+    def _bf16_store(self, io, name):
+        """This workspace's float32 store for a bf16 copy (x16: the input, W16, dz16: the delta)."""
+        scratch = io.ws.scratch[self.index]
+        if name not in scratch:
+            N = io.x.shape[0]
+            rows, cols = {"x16": (N, self.in_dim), "W16": (self.in_dim, self.out_dim),
+                          "dz16": (N, self.out_dim)}[name]
+            scratch[name] = np.zeros(bf16_store_shape(rows, cols), np.float32)
+        return scratch[name]
 
 
 # ------------------------------------------------------------------------- BatchNorm

@@ -39,11 +39,17 @@ def estimate_bytes(specs, input_dim, dtype, batch, optimizer_slots=2, eval_batch
 class Plan:
     """Everything compiled from (specs, loss, input_dim, dtype, seed)."""
 
-    def __init__(self, specs, loss, input_dim, dtype, seed):
+    def __init__(self, specs, loss, input_dim, dtype, seed, precision="fp32"):
         apply_default_threads()
         self.specs, self.loss, self.dtype, self.seed = list(specs), LS.get(loss), np.dtype(dtype), int(seed)
         self.input_dim = int(input_dim)
+        self.precision = precision
+        if precision == "bf16":
+            from .kernels import bind_bf16
+            bind_bf16()          # a clear error without the CPU instructions or MKL, before anything runs
         self.ops = compile_specs(self.specs, self.input_dim)
+        for op in self.ops:
+            op.precision = precision
         start_helpers([fn for op in self.ops for fn in op.entries] + list(self.loss.entries), self.dtype)
         if not any(op.param_shapes() for op in self.ops):
             raise ValueError("layers: the model needs at least one layer with parameters (e.g. Dense)")

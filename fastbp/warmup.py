@@ -33,6 +33,9 @@ spawned = []         # the entry names each helper was given, in start order (fo
 _HELPER = """
 import importlib, sys
 from fastbp.program import _compiled
+if any("bf16" in name for name in sys.argv[2:]):
+    from fastbp.kernels import bind_bf16
+    bind_bf16()
 for name in sys.argv[2:]:
     mod, fn = name.split(":")
     _compiled(getattr(importlib.import_module(mod), fn), sys.argv[1])
