@@ -1,0 +1,163 @@
+"""bf16 mixed precision: rounding, the bf16 GEMM, the dense launches and Model(precision="bf16")."""
+import pickle
+
+import numpy as np
+import pytest
+
+from fastbp import Dense, Dropout, Model
+from fastbp.kernels import JIT_DISABLED
+from fastbp.kernels import bf16 as K
+
+
+def _usable():
+    if JIT_DISABLED:
+        return True            # numpy emulation: runs anywhere
+    try:
+        K.bind_bf16()
+        return True
+    except (RuntimeError, OSError):
+        return False
+
+
+needs_bf16 = pytest.mark.skipif(not _usable(), reason="needs AVX512_BF16/AMX and MKL (pip install 'fastbp[bf16]')")
+
+
+def ref_bf16(a):
+    """Reference rounding in float64 arithmetic: nearest bf16, ties to even (NaN kept)."""
+    a = np.asarray(a, np.float32)
+    u = a.view(np.uint32).astype(np.int64)
+    lo = u & 0xFFFF
+    hi = u >> 16
+    up = (lo > 0x8000) | ((lo == 0x8000) & (hi & 1 == 1))
+    r = (hi + up).astype(np.uint32) << 16
+    out = r.view(np.float32).copy()
+    out[np.isnan(a)] = np.nan
+    return out
+
+
+def widen(u16):
+    return (u16.astype(np.uint32) << 16).view(np.float32)
+
+
+@needs_bf16
+def test_rounding_is_nearest_even_and_keeps_specials():
+    special = np.array([0.0, -0.0, 1.0, -1.0, np.inf, -np.inf, np.nan, 1e-45, -1e-40, 3.4e38, -3.4e38,
+                        1.00390625, 1.01171875, 1.0 + 2 ** -8 + 2 ** -20], np.float32)   # ties and a nudge off one
+    rng = np.random.default_rng(0)
+    bits = rng.integers(0, 2 ** 32, 4000, dtype=np.uint64).astype(np.uint32).view(np.float32)
+    x = np.concatenate([special, bits]).astype(np.float32).reshape(1, -1)
+    out = np.zeros(x.shape, np.uint16)
+    K.to_bf16_rows(out, x, 0, 1)
+    got, want = widen(out), ref_bf16(x)
+    finite = ~np.isnan(want)
+    assert np.array_equal(got[finite].view(np.uint32), want[finite].view(np.uint32))
+    assert np.isnan(got[~finite]).all()
+    assert widen(out)[0, 11] == np.float32(1.0) and widen(out)[0, 12] == np.float32(1.015625)   # ties to even
+    assert widen(out)[0, 13] == np.float32(1.0078125)                 # just above a tie: up
+
+
+@needs_bf16
+@pytest.mark.parametrize("ta,tb", [(False, False), (True, False), (False, True), (True, True)])
+def test_gemm_bf16_matches_the_product_of_the_rounded_operands(ta, tb, rng):
+    m, n, k = 37, 29, 53
+    A = rng.standard_normal((k, m) if ta else (m, k)).astype(np.float32)
+    B = rng.standard_normal((n, k + 3) if tb else (k, n + 3)).astype(np.float32)[:, :k if tb else n]   # strided
+    A16, B16 = np.zeros(A.shape, np.uint16), np.zeros((B.shape[0], B.shape[1] + 3), np.uint16)[:, :B.shape[1]]
+    K.to_bf16_rows(A16, A, 0, A.shape[0])
+    K.to_bf16_rows(B16, np.ascontiguousarray(B), 0, B.shape[0])
+    C = rng.standard_normal((m, n)).astype(np.float32)
+    C0 = C.astype(np.float64)
+    K.gemm_bf16(C, A16, B16, ta, tb, 0.5, 2.0)
+    a, b = widen(A16).astype(np.float64), widen(np.ascontiguousarray(B16)).astype(np.float64)
+    ref = 0.5 * ((a.T if ta else a) @ (b.T if tb else b)) + 2.0 * C0
+    np.testing.assert_allclose(C, ref, rtol=1e-5, atol=1e-5 * np.abs(ref).max())
+
+
+@needs_bf16
+@pytest.mark.parametrize("fused", [False, True])
+def test_dense_launches_match_the_reference_on_rounded_operands(fused, rng):
+    from fastbp.kernels.names import act_code
+    N, D, F = 33, 47, 21
+    x = rng.standard_normal((N, D)).astype(np.float32)
+    W = (rng.standard_normal((D, F)) * 0.2).astype(np.float32)
+    b = rng.standard_normal(F).astype(np.float32)
+    out = np.empty((N, F), np.float32)
+    x16s, W16s = np.empty(K.store_shape(N, D), np.float32), np.empty(K.store_shape(D, F), np.float32)
+    K.dense_forward_bf16_launch(out, x, W, b, x16s, W16s, act_code("tanh"), 0.01, 3)
+    xr, Wr = ref_bf16(x).astype(np.float64), ref_bf16(W).astype(np.float64)
+    y = np.tanh(xr @ Wr + b)
+    np.testing.assert_allclose(out, y, rtol=1e-5, atol=1e-5)
+    dz = rng.standard_normal((N, F)).astype(np.float32)
+    prev_y = np.tanh(x)                                 # as if x came out of a tanh layer
+    dx, dW, db = np.empty_like(x), np.empty_like(W), np.empty_like(b)
+    dz16s = np.empty(K.store_shape(N, F), np.float32)
+    W0, b0 = W.copy(), b.copy()
+    lr, wd = 0.1, 0.01
+    K.dense_backward_bf16_launch(dx, dW, db, dz, W, b, x16s, W16s, dz16s, prev_y, act_code("tanh"), 0.0, True,
+                                 fused, lr, wd, 3)
+    dzr = ref_bf16(dz).astype(np.float64)
+    np.testing.assert_allclose(dx, (dzr @ Wr.T) * (1 - prev_y.astype(np.float64) ** 2), rtol=1e-5, atol=1e-5)
+    gW, gb = xr.T @ dzr, dz.astype(np.float64).sum(0)
+    if fused:
+        np.testing.assert_allclose(W, (1 - lr * wd) * W0 - lr * gW, rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(b, (1 - lr * wd) * b0 - lr * gb, rtol=1e-5, atol=1e-5)
+    else:
+        np.testing.assert_allclose(dW, gW, rtol=1e-5, atol=1e-4)
+        np.testing.assert_allclose(db, gb, rtol=1e-5, atol=1e-5)
+        assert np.array_equal(W, W0)
+
+
+def test_precision_argument_is_checked():
+    with pytest.raises(ValueError, match="precision: expected 'fp32' or 'bf16'"):
+        Model([Dense(2)], precision="fp16")
+    with pytest.raises(ValueError, match="dtype must be float32"):
+        Model([Dense(2)], precision="bf16", dtype="float64")
+
+
+@pytest.mark.skipif(JIT_DISABLED, reason="binding happens with the JIT only")
+def test_bf16_without_the_cpu_or_mkl_is_a_clear_error(monkeypatch):
+    monkeypatch.setattr(K, "BOUND", None)
+    monkeypatch.setattr(K, "cpu_supports_bf16", lambda: False)
+    with pytest.raises(RuntimeError, match="AVX512_BF16 or AMX-BF16"):
+        Model([Dense(2)], precision="bf16", input_dim=3)
+    monkeypatch.setattr(K, "cpu_supports_bf16", lambda: True)
+    monkeypatch.setattr(K, "_find_mkl", lambda: None)
+    with pytest.raises(OSError, match=r"fastbp\[bf16\]"):
+        Model([Dense(2)], precision="bf16", input_dim=3)
+
+
+@needs_bf16
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+def test_bf16_training_tracks_fp32_and_is_reproducible(optimizer, rng):
+    X = rng.standard_normal((256, 30)).astype(np.float32)
+    y = (X[:, :3].sum(1) > 0).astype(np.int64) + (X[:, 3] > 1)
+
+    def train(precision):
+        m = Model([Dense(64, "relu"), Dropout(0.1), Dense(32, "tanh"), Dense(3)], seed=0, precision=precision)
+        h = m.fit(X, y, epochs=3, batch_size=32, optimizer=optimizer, lr=0.05 if optimizer == "sgd" else 1e-3)
+        return m, h
+    a, ha = train("bf16")
+    b, _ = train("bf16")
+    f, hf = train("fp32")
+    assert np.array_equal(a.params, b.params)                      # bitwise reproducible
+    assert not np.array_equal(a.params, f.params)                  # it did run in bf16
+    assert np.abs(a.params - f.params).max() < 0.05 * np.abs(f.params).max()
+    assert abs(ha["loss"][-1] - hf["loss"][-1]) < 0.05 * hf["loss"][-1]
+    np.testing.assert_allclose(a.predict_proba(X), f.predict_proba(X), atol=0.05)
+    c = pickle.loads(pickle.dumps(a))
+    assert c.precision == "bf16" and np.array_equal(c.predict_proba(X), a.predict_proba(X))
+
+
+@needs_bf16
+@pytest.mark.slow
+@pytest.mark.skipif(JIT_DISABLED, reason="five Fashion-MNIST epochs: compiled only")
+def test_bf16_fashion_mnist_accuracy_within_half_a_point_of_fp32():
+    from fastbp import data
+    (X, y), (Xt, yt) = data.load_fashion_mnist()
+    acc = {}
+    for precision in ("fp32", "bf16"):
+        m = Model([Dense(512, "tanh"), Dense(512, "tanh"), Dense(10)], seed=0, precision=precision)
+        m.fit(X, y, epochs=5, batch_size=128, optimizer="adam", lr=1e-3, seed=1)
+        acc[precision] = m.evaluate(Xt, yt)["accuracy"]
+    assert acc["fp32"] > 0.85
+    assert abs(acc["bf16"] - acc["fp32"]) <= 0.005, acc
