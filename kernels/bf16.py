@@ -166,6 +166,11 @@ def _bf16_view(store, cols):
     return store.view(np.uint16)[:, :cols]
 
 
+#: from this many rows on, the forward GEMM is cut by rows of x (each thread converts and multiplies
+#: its own rows: 1.2-1.3x faster at 512-4096 rows, measured); below, by columns of W as in ``dense``
+ROW_SPLIT_ROWS = 256
+
+
 @jit(parallel=True)
 def dense_forward_bf16_launch(out, x, W, b, x16s, W16s, act, alpha, nchunks):
     """out = act(bf16(x) @ bf16(W) + b), overwriting ``out`` (N, F); x16s / W16s: float32 stores of
@@ -174,15 +179,23 @@ def dense_forward_bf16_launch(out, x, W, b, x16s, W16s, act, alpha, nchunks):
     F = W.shape[1]
     x16 = _bf16_view(x16s, D)
     W16 = _bf16_view(W16s, F)
+    by_rows = N >= ROW_SPLIT_ROWS
     for c in prange(nchunks):
-        r0, r1 = split(N, nchunks, c)
-        to_bf16_rows(x16, x, r0, r1)
         d0, d1 = split(D, nchunks, c)
         to_bf16_rows(W16, W, d0, d1)
+        if not by_rows:
+            r0, r1 = split(N, nchunks, c)
+            to_bf16_rows(x16, x, r0, r1)
     for c in prange(nchunks):
-        f0, f1 = split(F, nchunks, c)
-        gemm_bf16(out[:, f0:f1], x16, W16[:, f0:f1], False, False, 1.0, 0.0)
-        bias_act_block(out, b, act, alpha, 0, N, f0, f1)
+        if by_rows:
+            r0, r1 = split(N, nchunks, c)
+            to_bf16_rows(x16, x, r0, r1)
+            gemm_bf16(out[r0:r1], x16[r0:r1], W16, False, False, 1.0, 0.0)
+            bias_act_block(out, b, act, alpha, r0, r1, 0, F)
+        else:
+            f0, f1 = split(F, nchunks, c)
+            gemm_bf16(out[:, f0:f1], x16, W16[:, f0:f1], False, False, 1.0, 0.0)
+            bias_act_block(out, b, act, alpha, 0, N, f0, f1)
 
 
 @jit(parallel=True)

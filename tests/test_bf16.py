@@ -75,9 +75,10 @@ def test_gemm_bf16_matches_the_product_of_the_rounded_operands(ta, tb, rng):
 
 @needs_bf16
 @pytest.mark.parametrize("fused", [False, True])
-def test_dense_launches_match_the_reference_on_rounded_operands(fused, rng):
+@pytest.mark.parametrize("N", [33, K.ROW_SPLIT_ROWS + 7])      # forward cut by W columns / by x rows
+def test_dense_launches_match_the_reference_on_rounded_operands(fused, N, rng):
     from fastbp.kernels.names import act_code
-    N, D, F = 33, 47, 21
+    D, F = 47, 21
     x = rng.standard_normal((N, D)).astype(np.float32)
     W = (rng.standard_normal((D, F)) * 0.2).astype(np.float32)
     b = rng.standard_normal(F).astype(np.float32)
