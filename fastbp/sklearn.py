@@ -30,7 +30,7 @@ class _FastBPEstimator(BaseEstimator):
     def __init__(self, hidden_layer_sizes=(100,), activation="relu", optimizer="adam", learning_rate=1e-3,
                  batch_size=128, epochs=200, batchnorm=False, dropout=0.0, early_stopping=False,
                  validation_fraction=0.1, n_iter_no_change=10, tol=1e-4, random_state=None, n_threads=None,
-                 dtype="float32"):
+                 dtype=None):
         self.hidden_layer_sizes = hidden_layer_sizes
         self.activation = activation
         self.optimizer = optimizer
@@ -63,9 +63,12 @@ class _FastBPEstimator(BaseEstimator):
                 specs.append(L.Dropout(self.dropout))
         return specs + [L.Dense(int(n_out))]
 
-    def _new_model(self, n_out, n_features):
+    def _new_model(self, n_out, X):
+        if self.dtype not in (None, "float32", "float64", np.float32, np.float64):
+            raise ValueError(f"dtype: expected None (that of X), 'float32' or 'float64', got {self.dtype!r}")
         seed = int(check_random_state(self.random_state).randint(0, 2 ** 31 - 1))
-        self.model_ = Model(self._specs(n_out), loss=self._loss, input_dim=n_features, dtype=self.dtype, seed=seed)
+        dtype = X.dtype if self.dtype is None else self.dtype     # None: like scikit-learn's MLP, X's
+        self.model_ = Model(self._specs(n_out), loss=self._loss, input_dim=X.shape[1], dtype=dtype, seed=seed)
         self.n_iter_, self.loss_curve_, self.validation_scores_ = 0, [], []
         self._seed = seed
         return self.model_
@@ -128,7 +131,8 @@ class FastBPClassifier(ClassifierMixin, _FastBPEstimator):
     ``optimizer`` (sgd, adam, adamw) and its ``learning_rate``, ``batch_size``, ``epochs``,
     ``batchnorm``, ``dropout``, ``early_stopping`` with ``validation_fraction``,
     ``n_iter_no_change`` and ``tol``, ``random_state``, ``n_threads`` (None: fastbp's current
-    setting), ``dtype``.  Fitted: ``classes_``, ``n_features_in_``, ``model_`` (the fastbp Model),
+    setting), ``dtype`` (None: float32 for float32 X, else float64, as scikit-learn's MLP).
+    Fitted: ``classes_``, ``n_features_in_``, ``model_`` (the fastbp Model),
     ``n_iter_``, ``loss_curve_``.
     """
     _loss = "softmax_ce"
@@ -147,7 +151,7 @@ class FastBPClassifier(ClassifierMixin, _FastBPEstimator):
         X, y = validate_data(self, X, y, dtype=[np.float32, np.float64])
         check_classification_targets(y)
         self._set_classes(y)
-        self._new_model(self.classes_.shape[0], X.shape[1])
+        self._new_model(self.classes_.shape[0], X)
         with _threads(self.n_threads):
             return self._train(X, self._encode(y), lambda Xv, yv: float(np.mean(
                 self.model_.predict(Xv) == yv)))
@@ -161,7 +165,7 @@ class FastBPClassifier(ClassifierMixin, _FastBPEstimator):
             if classes is None:
                 raise ValueError("classes: must be given on the first call to partial_fit (all labels that occur)")
             self._set_classes(classes)
-            self._new_model(self.classes_.shape[0], X.shape[1])
+            self._new_model(self.classes_.shape[0], X)
         elif classes is not None and not np.array_equal(np.unique(classes), self.classes_):
             raise ValueError(f"classes: {np.unique(classes)} differ from the first call's {self.classes_}")
         unknown = np.setdiff1d(y, self.classes_)
@@ -193,7 +197,7 @@ class FastBPRegressor(RegressorMixin, _FastBPEstimator):
     def fit(self, X, y):
         X, y = validate_data(self, X, y, dtype=[np.float32, np.float64], y_numeric=True, multi_output=True)
         y2 = self._targets(y)
-        self._new_model(y2.shape[1], X.shape[1])
+        self._new_model(y2.shape[1], X)
         with _threads(self.n_threads):
             return self._train(X, y2, lambda Xv, yv: float(self._r2(Xv, yv)))
 
@@ -211,7 +215,7 @@ class FastBPRegressor(RegressorMixin, _FastBPEstimator):
         y2 = np.asarray(y, dtype=np.float64).reshape(len(y), -1)
         if first:
             self._y_1d = one_d
-            self._new_model(y2.shape[1], X.shape[1])
+            self._new_model(y2.shape[1], X)
         elif y2.shape[1] != self.model_.output_dim:
             raise ValueError(f"y: expected {self.model_.output_dim} target columns as in the first call, "
                              f"got {y2.shape[1]}")

@@ -107,3 +107,13 @@ def test_bad_hyperparameters_are_named():
         FastBPClassifier(learning_rate=-1.0).fit(X, y)
     with pytest.raises(ValueError, match="class"):
         FastBPClassifier().fit(X, np.zeros(10))
+
+
+def test_dtype_follows_x_unless_given(rng):
+    X = rng.standard_normal((40, 3))
+    y = (X[:, 0] > 0).astype(int)
+    assert FastBPClassifier(hidden_layer_sizes=(4,), epochs=1).fit(X, y).model_.dtype == np.float64
+    assert FastBPClassifier(hidden_layer_sizes=(4,), epochs=1).fit(X.astype(np.float32), y).model_.dtype == np.float32
+    assert FastBPClassifier(hidden_layer_sizes=(4,), epochs=1, dtype="float32").fit(X, y).model_.dtype == np.float32
+    with pytest.raises(ValueError, match="dtype: expected None"):
+        FastBPClassifier(dtype="float16").fit(X, y)
