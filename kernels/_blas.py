@@ -233,6 +233,15 @@ def _time_shims(shims, reps=5):
     return best
 
 
+def _under_launcher():
+    """True when an MPI launcher started several ranks (they would all time BLAS at once)."""
+    for k in ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "PMIX_SIZE", "MPI_LOCALNRANKS", "SLURM_NTASKS"):
+        v = os.environ.get(k, "")
+        if v.isdigit() and int(v) > 1:
+            return True
+    return False
+
+
 def _library_files():
     """Files that identify the two candidate builds (BLIS's extension, SciPy's OpenBLAS)."""
     out = []
@@ -350,7 +359,10 @@ def bind():
                 c = cfunc(_shim_sig(ft), **_SHIM_OPTS)(shim)
                 _KEEP.append(c)
                 addrs[name].append(c.address)
-        if len(bound) > 1:
+        if len(bound) > 1 and _under_launcher():   # ranks timing at once on shared cores could disagree
+            backend = "blis"
+            CHOICE = {"how": "default under an MPI launcher (no remembered choice)", "backend": backend}
+        elif len(bound) > 1:
             backend = _measure_choice({k: v[0] for k, v in addrs.items()}, key)
         else:
             backend = next(iter(bound))

@@ -151,3 +151,6 @@ def test_auto_times_blis_and_openblas_once_per_machine_and_remembers(tmp_path):
     path.write_text(json.dumps({k: other for k in json.loads(path.read_text())}))
     assert _auto(tmp_path)["backend"] == other                           # the remembered choice is used
     assert _auto(tmp_path, FASTBP_BLAS="openblas")["choice"] is None     # an explicit backend: no timing
+    path.unlink()
+    ranks = _auto(tmp_path, PMI_SIZE="4")                                # MPI ranks: no timing race
+    assert ranks["backend"] == "blis" and "launcher" in ranks["choice"]["how"] and not path.exists()
