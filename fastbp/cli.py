@@ -5,6 +5,8 @@ import os
 import sys
 import time
 
+from .kernels.validate import Bf16Unavailable
+
 
 def _hidden(s):
     try:
@@ -49,6 +51,8 @@ def build_parser():
     t.add_argument("--lr", type=_positive(float), default=None,
                    help="learning rate (default: the optimizer's own: sgd 0.1, adam and adamw 0.001)")
     t.add_argument("--optimizer", default="sgd", choices=["sgd", "adam", "adamw"], help="update rule")
+    t.add_argument("--precision", default="fp32", choices=["fp32", "bf16"],
+                   help="bf16: dense GEMM operands in bf16, fp32 master weights (AVX512_BF16/AMX CPUs, fastbp[bf16])")
     t.add_argument("--batchnorm", action="store_true", help="BatchNorm after each hidden Dense")
     t.add_argument("--dropout", type=float, default=0.0, help="dropout probability after hidden layers")
     t.add_argument("--seed", type=int, default=0, help="seed of the initial weights, shuffles and dropout masks")
@@ -273,7 +277,7 @@ def cmd_train(args):
     if avail is not None and need > avail:
         raise UsageError(f"--hidden {','.join(map(str, args.hidden))}: training needs about {need / 2**30:.1f} GiB, "
                          f"only {avail / 2**30:.1f} GiB of memory is available")
-    model = fastbp.Model(layers, loss="softmax_ce", input_dim=X.shape[1], seed=args.seed)
+    model = fastbp.Model(layers, loss="softmax_ce", input_dim=X.shape[1], seed=args.seed, precision=args.precision)
     opt = optim.make(args.optimizer, args.lr)
     from tqdm import tqdm
     if comm is not None:
@@ -281,6 +285,8 @@ def cmd_train(args):
         where = f", {comm.size} MPI ranks x {min(fastbp.get_num_threads(), default_threads(comm.local_size))} threads"
     else:
         where = f", {fastbp.get_num_threads()} threads"
+    if args.precision != "fp32":
+        where += f", precision {args.precision}"
     print(f"{args.dataset} ({folder}): {X.shape[0]} train / {Xt.shape[0]} test, "
           f"{X.shape[1]}-{'-'.join(map(str, args.hidden))}-{n_out} {args.activation}, "
           f"batch {args.batch_size}, {args.optimizer} lr {opt.lr:g}{where}")
@@ -402,7 +408,7 @@ def cmd_bench(args):
 
 
 EXPECTED = (UsageError, ValueError, TypeError, FileNotFoundError, PermissionError, IsADirectoryError,
-            FloatingPointError, MemoryError)
+            FloatingPointError, MemoryError, Bf16Unavailable)
 
 
 def main(argv=None):

@@ -44,6 +44,7 @@ _EXPORTS = {
     "batchnorm_forward": ("batchnorm", "batchnorm_forward"),
     "batchnorm_forward_launch": ("batchnorm", "batchnorm_forward_launch"),
     "bind_bf16": ("bf16", "bind_bf16"),
+    "Bf16Unavailable": ("validate", "Bf16Unavailable"),
     "bf16_store_shape": ("bf16", "store_shape"),
     "cpu_supports_bf16": ("bf16", "cpu_supports_bf16"),
     "dense_backward_bf16_launch": ("bf16", "dense_backward_bf16_launch"),

@@ -29,6 +29,7 @@ from numba import prange
 from ._jit import JIT_DISABLED, jit
 from ._parallel import split
 from .activation import act_grad_block, bias_act_block
+from .validate import Bf16Unavailable
 
 SYMBOL = "fastbp_cblas_gemm_bf16bf16f32"
 BOUND = None          # path of the MKL library once bound
@@ -59,7 +60,7 @@ def _find_mkl():
 
 def bind_bf16():
     """Load MKL's bf16 GEMM (once) and register it for the kernels; returns the library path.
-    Raises RuntimeError on a CPU without bf16 instructions and OSError without MKL."""
+    Raises Bf16Unavailable (a RuntimeError) on a CPU without bf16 instructions or without MKL."""
     global BOUND
     if BOUND is not None or JIT_DISABLED:
         return BOUND
@@ -67,11 +68,12 @@ def bind_bf16():
         if BOUND is not None:
             return BOUND
         if not cpu_supports_bf16():
-            raise RuntimeError("precision='bf16' needs a CPU with AVX512_BF16 or AMX-BF16 instructions; "
+            raise Bf16Unavailable("precision='bf16' needs a CPU with AVX512_BF16 or AMX-BF16 instructions; "
                                "this one has neither (use precision='fp32')")
         path = _find_mkl()
         if path is None:
-            raise OSError("precision='bf16' needs Intel MKL's bf16 GEMM: pip install 'fastbp[bf16]' (PyPI mkl)")
+            raise Bf16Unavailable("precision='bf16' needs Intel MKL's bf16 GEMM: pip install 'fastbp[bf16]' "
+                                  "(PyPI mkl)")
         lib = ctypes.CDLL(path, mode=ctypes.RTLD_GLOBAL)
         lib.MKL_Set_Threading_Layer(ctypes.c_int(1))   # MKL_THREADING_SEQUENTIAL: numba owns the threads
         fn = lib.cblas_gemm_bf16bf16f32

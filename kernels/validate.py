@@ -75,3 +75,7 @@ def threads(nthreads, name="nthreads"):
     if nthreads > max_chunks():
         raise ValueError(f"{name}: must be <= {max_chunks()} (4 x NUMBA_NUM_THREADS, at least 64), got {nthreads!r}")
     return int(nthreads)
+
+
+class Bf16Unavailable(RuntimeError):
+    """precision='bf16' cannot run here: the CPU lacks the instructions or MKL is not installed."""

@@ -15,7 +15,7 @@ def _usable():
     try:
         K.bind_bf16()
         return True
-    except (RuntimeError, OSError):
+    except K.Bf16Unavailable:
         return False
 
 
@@ -123,7 +123,7 @@ def test_bf16_without_the_cpu_or_mkl_is_a_clear_error(monkeypatch):
         Model([Dense(2)], precision="bf16", input_dim=3)
     monkeypatch.setattr(K, "cpu_supports_bf16", lambda: True)
     monkeypatch.setattr(K, "_find_mkl", lambda: None)
-    with pytest.raises(OSError, match=r"fastbp\[bf16\]"):
+    with pytest.raises(K.Bf16Unavailable, match=r"fastbp\[bf16\]"):
         Model([Dense(2)], precision="bf16", input_dim=3)
 
 

@@ -179,3 +179,23 @@ def test_compile_time_is_reported_apart_from_epoch_time(rng):
     h = Model([Dense(4, "tanh"), Dense(2)]).fit(X, (X[:, 0] > 0).astype(np.int64), epochs=2)
     assert len(h["compile_seconds"]) == 2 and all(c >= 0 for c in h["compile_seconds"])
     assert h["compile_seconds"][1] == 0, "nothing new to compile in epoch 2"
+
+
+def test_train_precision_bf16_or_a_one_line_error(capsys, monkeypatch):
+    from fastbp.kernels import JIT_DISABLED
+    from fastbp.kernels import bf16 as K
+    argv = ["train", "--dataset", "sphere", "--hidden", "8", "--epochs", "1", "--precision", "bf16", "--no-progress"]
+    if not JIT_DISABLED:
+        monkeypatch.setattr(K, "BOUND", None)
+        monkeypatch.setattr(K, "cpu_supports_bf16", lambda: False)
+        assert cli.main(argv) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "AVX512_BF16" in err[0]
+        monkeypatch.undo()
+    try:
+        K.bind_bf16()
+    except K.Bf16Unavailable:
+        pytest.skip("no bf16 here")
+    assert cli.main(argv) == 0
+    out = capsys.readouterr().out
+    assert "precision bf16" in out and "total" in out
