@@ -37,12 +37,15 @@ Backends (``FASTBP_BLAS`` = ``auto`` | ``blis`` | ``openblas`` | ``mkl``):
   not numpy's); binding sets *its* thread count to 1 (see ``_load_openblas``).
 * ``mkl``: ``libmkl_rt`` from PyPI's ``mkl``, sequential layer.
 
-``auto``: on a CPU with AVX-512 where ``blis`` imports, both BLIS and OpenBLAS are bound and
-timed once on the per-thread block shapes of a training step (``_measure_choice``), and the
-faster is kept; the choice is remembered per machine and library build in
-``blas-choice.json`` in fastbp's cache folder, so later processes do not time again.  (Measured:
-BLIS skx was 1.7x faster than OpenBLAS on an AMD Zen 5 VM, OpenBLAS 1.3-1.4x faster per step
-on an Intel VM with AVX-512 and AMX.)  Elsewhere ``auto`` is openblas.
+``auto``: the candidates are BLIS (on a CPU with AVX-512, when ``blis`` imports), SciPy's
+OpenBLAS, and MKL when PyPI ``mkl`` is installed (``fastbp[mkl]`` or ``fastbp[bf16]``).  With
+more than one, each is bound and timed once on the per-thread block shapes of a training step
+(``_measure_choice``) and the fastest is kept; the choice is remembered per machine and library
+build in ``blas-choice.json`` in fastbp's cache folder, so later processes do not time again.
+(Measured: BLIS skx was 1.7x faster than OpenBLAS on an AMD Zen 5 VM; on an Intel VM with
+AVX-512 and AMX, OpenBLAS beat BLIS by 1.36-1.39x per block and MKL made steps 1.2-1.45x faster
+than OpenBLAS.)  Ranks under an MPI launcher do not time (they would all at once): they use the
+remembered choice, else BLIS (else OpenBLAS).
 
 Pure-Python mode (``NUMBA_DISABLE_JIT=1``): ``gemm`` is numpy's matmul; nothing is bound.
 """
@@ -103,13 +106,17 @@ def _load_openblas():
     return s, d, path, None
 
 
-def _load_mkl():
-    path = None
-    for prefix in (sys.prefix, sys.base_prefix):
+def _find_mkl():
+    """libmkl_rt of this environment (PyPI ``mkl``), or None."""
+    for prefix in dict.fromkeys((sys.prefix, sys.base_prefix)):
         hits = sorted(glob.glob(os.path.join(prefix, "lib", "libmkl_rt.so*")))
         if hits:
-            path = hits[0]
-            break
+            return hits[0]
+    return None
+
+
+def _load_mkl():
+    path = _find_mkl()
     if path is None:
         raise OSError("FASTBP_BLAS=mkl: libmkl_rt not found (pip install mkl)")
     lib = ctypes.CDLL(path, mode=ctypes.RTLD_GLOBAL)
@@ -253,7 +260,7 @@ def _library_files():
     import scipy
     out += sorted(glob.glob(os.path.join(os.path.dirname(os.path.dirname(scipy.__file__)), "scipy.libs",
                                          "*openblas*")))
-    return out
+    return out + [p for p in [_find_mkl()] if p]
 
 
 def _remembered(key):
@@ -292,15 +299,17 @@ def _remember(key, pick):
 
 
 def _measure_choice(shims, key):
-    """The faster of the float32 ``shims`` on this machine (geometric mean of per-shape time
-    ratios), remembered under ``key`` in CHOICE_FILE."""
+    """The fastest of the float32 ``shims`` on this machine (geometric mean over the block shapes
+    of each one's time relative to the first), remembered under ``key`` in CHOICE_FILE."""
     global CHOICE
     best = _time_shims(shims)
-    a, b = sorted(shims)
-    ratio = float(np.exp(np.mean(np.log(np.array(best[a]) / np.array(best[b])))))
-    pick = a if ratio < 1 else b
-    CHOICE = {"how": "measured", "file": _choice_path(), "backend": pick, f"{a}/{b}": ratio,
-              "ms": {k: [round(v * 1e3, 4) for v in best[k]] for k in (a, b)}}
+    names = sorted(shims)
+    ref = np.array(best[names[0]])
+    score = {k: float(np.exp(np.mean(np.log(np.array(best[k]) / ref)))) for k in names}
+    pick = min(names, key=lambda k: score[k])
+    CHOICE = {"how": "measured", "file": _choice_path(), "backend": pick,
+              "relative": {k: score[k] / score[pick] for k in names},
+              "ms": {k: [round(v * 1e3, 4) for v in best[k]] for k in names}}
     if key:
         _remember(key, pick)
     return pick
@@ -329,8 +338,9 @@ def bind():
             raise ValueError(f"FASTBP_BLAS must be 'auto', 'blis', 'openblas' or 'mkl', got {want!r}")
         bound = {}     # backend -> (shim, library path, BLIS kernel set)
         candidates = [want]
+        key = None
         if want == "auto":
-            candidates = ["blis", "openblas"] if _cpu_has_avx512() else ["openblas"]
+            candidates = (["blis"] if _cpu_has_avx512() else []) + ["openblas"] + (["mkl"] if _find_mkl() else [])
             key = _choice_key(_library_files()) if len(candidates) > 1 else None
             known = _remembered(key) if key else None
             if known in candidates:
@@ -341,17 +351,22 @@ def bind():
             except (ImportError, OSError, AttributeError) as e:
                 if want == "blis":
                     raise OSError(f"FASTBP_BLAS=blis: {e}") from None
-                candidates = ["openblas"]
+                candidates.remove("blis")
             else:
                 llvm.add_symbol("fastbp_bli_sgemm_ex", bs)
                 llvm.add_symbol("fastbp_bli_dgemm_ex", bd)
                 llvm.add_symbol("fastbp_blis_cntx", cntx)
                 bound["blis"] = (_blis_shim, path, kernels)
-        if "mkl" in candidates or "openblas" in candidates:
-            s, d, path, _ = _load_mkl() if want == "mkl" else _load_openblas()
+        if "openblas" in candidates:
+            s, d, path, _ = _load_openblas()
             llvm.add_symbol("fastbp_f77_sgemm", s)
             llvm.add_symbol("fastbp_f77_dgemm", d)
-            bound["mkl" if want == "mkl" else "openblas"] = (_f77_shim, path, None)
+            bound["openblas"] = (_f77_shim, path, None)
+        if "mkl" in candidates:
+            s, d, path, _ = _load_mkl()
+            llvm.add_symbol("fastbp_mkl_sgemm", s)
+            llvm.add_symbol("fastbp_mkl_dgemm", d)
+            bound["mkl"] = (_mkl_shim, path, None)
         addrs = {}
         for name, (shim, _, _) in bound.items():
             addrs[name] = []
@@ -360,7 +375,7 @@ def bind():
                 _KEEP.append(c)
                 addrs[name].append(c.address)
         if len(bound) > 1 and _under_launcher():   # ranks timing at once on shared cores could disagree
-            backend = "blis"
+            backend = "blis" if "blis" in bound else "openblas"
             CHOICE = {"how": "default under an MPI launcher (no remembered choice)", "backend": backend}
         elif len(bound) > 1:
             backend = _measure_choice({k: v[0] for k, v in addrs.items()}, key)
@@ -441,28 +456,36 @@ if not JIT_DISABLED:
 
         return sig, codegen
 
-    @intrinsic
-    def _call_f77(typingctx, ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc):
-        """``fastbp_f77_{s,d}gemm``: Fortran ABI, every argument by reference, 32-bit ints (LP64)."""
-        if alpha not in (types.float32, types.float64):
-            return None
-        name = "fastbp_f77_sgemm" if alpha == types.float32 else "fastbp_f77_dgemm"
-        sig = types.void(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc)
+    def _f77_intrinsic(prefix):
+        """An intrinsic calling ``{prefix}_{s,d}gemm``: Fortran ABI, every argument by reference,
+        32-bit ints (LP64).  One per library, so two Fortran BLAS can be bound side by side."""
+        @intrinsic
+        def call(typingctx, ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc):
+            if alpha not in (types.float32, types.float64):
+                return None
+            name = f"{prefix}_sgemm" if alpha == types.float32 else f"{prefix}_dgemm"
+            sig = types.void(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc)
 
-        def codegen(context, builder, signature, args):
-            i8p = ir.IntType(8).as_pointer()
-            fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.VoidType(), [i8p] * 13), name)
-            out = []
-            for val, ty in zip(args, signature.args):
-                if isinstance(ty, (types.Array, types.CPointer)):
-                    out.append(_ptr(context, builder, ty, val))
-                else:
-                    v = _scalar(builder, ty, val, 32) if isinstance(ty, types.Integer) and ty.bitwidth > 8 else val
-                    out.append(builder.bitcast(cgutils.alloca_once_value(builder, v), i8p))
-            builder.call(fn, out)
-            return context.get_dummy_value()
+            def codegen(context, builder, signature, args):
+                i8p = ir.IntType(8).as_pointer()
+                fnty = ir.FunctionType(ir.VoidType(), [i8p] * 13)
+                fn = cgutils.get_or_insert_function(builder.module, fnty, name)
+                out = []
+                for val, ty in zip(args, signature.args):
+                    if isinstance(ty, (types.Array, types.CPointer)):
+                        out.append(_ptr(context, builder, ty, val))
+                    else:
+                        big = isinstance(ty, types.Integer) and ty.bitwidth > 8
+                        v = _scalar(builder, ty, val, 32) if big else val
+                        out.append(builder.bitcast(cgutils.alloca_once_value(builder, v), i8p))
+                builder.call(fn, out)
+                return context.get_dummy_value()
 
-        return sig, codegen
+            return sig, codegen
+        return call
+
+    _call_f77 = _f77_intrinsic("fastbp_f77")     # SciPy's OpenBLAS
+    _call_mkl = _f77_intrinsic("fastbp_mkl")     # MKL (PyPI mkl), sequential
 
 
     @intrinsic
@@ -508,7 +531,8 @@ if not JIT_DISABLED:
     _SHIM_OPTS = dict(cache=JIT_OPTIONS["cache"], nopython=True, error_model="numpy")
 
 
-    def _f77_shim(m, n, k, alpha, a, rsa, csa, b, rsb, csb, beta, c, rsc, csc):
+    @jit(inline="always")   # the mapping both Fortran shims share, inlined into each
+    def _f77_args(m, n, k, rsa, csa, rsb, csb, rsc):
         # Column-major view: C^T (n x m) = op(B)^T (n x k) @ op(A)^T (k x m).  An operand is either
         # 'N' (unit stride down its columns) or 'T' (unit stride along its rows); along a dimension of
         # size 1 the stride is irrelevant and the leading dimension is chosen legal (>= rows).
@@ -520,7 +544,17 @@ if not JIT_DISABLED:
             tb, ldb = _N, (rsb if k > 1 else n)
         else:
             tb, ldb = _T, (csb if n > 1 else k)
-        _call_f77(tb, ta, n, m, k, alpha, b, max(ldb, 1), a, max(lda, 1), beta, c, max(rsc if m > 1 else n, 1))
+        return ta, max(lda, 1), tb, max(ldb, 1), max(rsc if m > 1 else n, 1)
+
+
+    def _f77_shim(m, n, k, alpha, a, rsa, csa, b, rsb, csb, beta, c, rsc, csc):
+        ta, lda, tb, ldb, ldc = _f77_args(m, n, k, rsa, csa, rsb, csb, rsc)
+        _call_f77(tb, ta, n, m, k, alpha, b, ldb, a, lda, beta, c, ldc)
+
+
+    def _mkl_shim(m, n, k, alpha, a, rsa, csa, b, rsb, csb, beta, c, rsc, csc):
+        ta, lda, tb, ldb, ldc = _f77_args(m, n, k, rsa, csa, rsb, csb, rsc)
+        _call_mkl(tb, ta, n, m, k, alpha, b, ldb, a, lda, beta, c, ldc)
 
 
     def _blis_shim(m, n, k, alpha, a, rsa, csa, b, rsb, csb, beta, c, rsc, csc):
