@@ -32,7 +32,8 @@ def _fastbp_step(B, rng, precision="fp32"):
     plan, ws, nt = m.plan, m.plan.train_workspace(B), fastbp.get_num_threads()
     ws.x[...] = X
     ws.y[...] = y
-    return lambda: plan.run(ws, "train", 1, 0.01, True, nt, m.optimizer, m.opt_state)
+    # back-to-back fused steps in one workspace, as fit runs them (bf16 weight copies stay current)
+    return lambda: plan.run(ws, "train", 1, 0.01, True, nt, m.optimizer, m.opt_state, bf16_current=True)
 
 
 def _reference_step(B, rng):

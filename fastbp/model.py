@@ -160,13 +160,15 @@ class Model:
         if training:
             B = X.shape[0]
         nt = get_num_threads()
+        done = set()   # workspaces whose bf16 weight copies this call has made current
         for s in range(0, X.shape[0], B):
             ws = self._borrow(min(B, X.shape[0] - s), training)
             try:
                 ws.x[...] = X[s:s + ws.N]
                 if y is not None:
                     ws.y[...] = y[s:s + ws.N]
-                v = self.plan.run(ws, kind, self.step_count, training=training, nt=nt)
+                v = self.plan.run(ws, kind, self.step_count, training=training, nt=nt, bf16_current=id(ws) in done)
+                done.add(id(ws))
                 yield s, ws, v
             finally:
                 self.plan.give_back(ws)

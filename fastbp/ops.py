@@ -158,16 +158,22 @@ def dense_backward_entry(a2, a1, ai, af, ia, fa, t, lr, training, nt):
 
 @jit
 def dense_forward_bf16_entry(a2, a1, ai, af, ia, fa, t, lr, training, nt):
-    # ia: x, out, W, b, act, x16 store, W16 store      fa: alpha
-    dense_forward_bf16_launch(a2[ia[1]], a2[ia[0]], a2[ia[2]], a1[ia[3]], a2[ia[5]], a2[ia[6]], ia[4], fa[0], nt)
+    # ia: x, out, W, b, act, x16 store, W16 store, bf16_ok flags, op index      fa: alpha
+    ok = ai[ia[7]]
+    dense_forward_bf16_launch(a2[ia[1]], a2[ia[0]], a2[ia[2]], a1[ia[3]], a2[ia[5]], a2[ia[6]], ia[4], fa[0],
+                              ok[ia[8]] == 0, nt)
+    ok[ia[8]] = 1
     return 0.0
 
 
 @jit
 def dense_backward_bf16_entry(a2, a1, ai, af, ia, fa, t, lr, training, nt):
-    # ia: dx, dW, db, dz, x, W, b, prev_act, want_dx, fused, x16, W16, dz16 stores     fa: prev_alpha, wd
+    # ia: dx, dW, db, dz, x, W, b, prev_act, want_dx, fused, x16, W16, dz16 stores, bf16_ok, op index
+    # fa: prev_alpha, wd
+    fused = ia[9] != 0
     dense_backward_bf16_launch(a2[ia[0]], a2[ia[1]], a1[ia[2]], a2[ia[3]], a2[ia[5]], a1[ia[6]], a2[ia[10]],
-                               a2[ia[11]], a2[ia[12]], a2[ia[4]], ia[7], fa[0], ia[8] != 0, ia[9] != 0, lr, fa[1], nt)
+                               a2[ia[11]], a2[ia[12]], a2[ia[4]], ia[7], fa[0], ia[8] != 0, fused, lr, fa[1], nt)
+    ai[ia[13]][ia[14]] = 1 if fused else 0     # fused: W16 follows W; else the optimizer changes W later
     return 0.0
 
 
@@ -205,8 +211,8 @@ class DenseOp(Op):
         s = io.ws.slot
         ia = [s(io.x), s(io.out), s(self.params["W"]), s(self.params.get("b")), self.act]
         if self.precision == "bf16":
-            return dense_forward_bf16_entry, ia + [s(self._bf16_store(io, "x16")), s(self._bf16_store(io, "W16"))], \
-                [self.alpha]
+            return dense_forward_bf16_entry, ia + [s(self._bf16_store(io, "x16")), s(self._bf16_store(io, "W16")),
+                                                   s(io.ws.bf16_ok), self.index], [self.alpha]
         return dense_forward_entry, ia, [self.alpha]
 
     def backward_entry(self, io, fused_sgd, wd):
@@ -215,8 +221,8 @@ class DenseOp(Op):
         ia = [s(io.dx), s(self.grads["W"]), s(self.grads.get("b")), s(io.delta), s(io.x), s(self.params["W"]),
               s(self.params.get("b")), pact, io.dx is not None, fused_sgd]
         if self.precision == "bf16":
-            return dense_backward_bf16_entry, ia + [s(self._bf16_store(io, n)) for n in ("x16", "W16", "dz16")], \
-                [palpha, wd]
+            stores = [s(self._bf16_store(io, n)) for n in ("x16", "W16", "dz16")]
+            return dense_backward_bf16_entry, ia + stores + [s(io.ws.bf16_ok), self.index], [palpha, wd]
         return dense_backward_entry, ia, [palpha, wd]
 
     def _bf16_store(self, io, name):

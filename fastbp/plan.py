@@ -133,9 +133,14 @@ class Plan:
         return prog
 
     def run(self, ws, kind, t, lr=0.0, training=True, nt=1, optimizer=None, opt_state=None, count=True,
-            fuse=True):
-        """Run one program on the batch already in ``ws.x`` / ``ws.y``; returns the loss (or 0)."""
+            fuse=True, bf16_current=False):
+        """Run one program on the batch already in ``ws.x`` / ``ws.y``; returns the loss (or 0).
+
+        bf16: the workspace's bf16 weight copies are re-rounded unless ``bf16_current`` (the caller
+        knows nothing but this workspace's own fused steps wrote the weights since its last run)."""
         bind_blas()
+        if not bf16_current:
+            ws.bf16_ok[:] = 0
         return self.program(ws, kind, optimizer, opt_state, count, fuse).run(ws, t, lr, training, nt)
 
 

@@ -279,6 +279,7 @@ def _fit(model, X, y, epochs, batch_size, lr, optimizer, shuffle, seed, validati
     end_epoch = epochs if checkpoint is not None else start_epoch + epochs
     for cb in cbs:
         cb.on_train_begin(model, {"epochs": end_epoch - start_epoch})
+    last_ws = None
     try:
         for epoch in range(start_epoch, end_epoch):
             if stream:
@@ -305,8 +306,13 @@ def _fit(model, X, y, epochs, batch_size, lr, optimizer, shuffle, seed, validati
                 else:
                     ws = plan.train_workspace(rows)
                     batch(ws)          # fills the workspace with the batch's rows
+                    # bf16 weight copies stay current across back-to-back fused steps in one
+                    # workspace; any other step (new workspace, callbacks that may touch weights) re-rounds
+                    current = ws is last_ws and not cbs
                     with gov:
-                        loss = plan.run(ws, "train", t, lr_t, True, nt, opt, model.opt_state, fuse=fuse)
+                        loss = plan.run(ws, "train", t, lr_t, True, nt, opt, model.opt_state, fuse=fuse,
+                                        bf16_current=current)
+                    last_ws = ws
                     n_correct = ws.stats[1]
                 if not math.isfinite(loss):
                     raise FloatingPointError(f"training diverged: loss is {loss} at epoch {epoch + 1}, "

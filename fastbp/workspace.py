@@ -58,6 +58,7 @@ class Workspace:
         self.y = plan.loss.target_buffer(N, plan.output_dim, dt)         # (N,) int64 or (N, C) targets
         self.partial = np.zeros(max_threads(), np.float64)               # (threads,) per-chunk partial sums
         self.stats = np.zeros(2, np.float64)                             # [loss, correct] of the last run
+        self.bf16_ok = np.zeros(len(plan.ops), np.int64)                 # (L,) 1: op i's bf16 W copy is current
         self._a2, self._a1, self._ai = [np.empty((0, 0), dt)], [np.empty(0, dt)], [np.empty(0, np.int64)]
         self._ids = {}
         self.programs = {}

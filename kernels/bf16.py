@@ -174,17 +174,19 @@ ROW_SPLIT_ROWS = 256
 
 
 @jit(parallel=True)
-def dense_forward_bf16_launch(out, x, W, b, x16s, W16s, act, alpha, nchunks):
+def dense_forward_bf16_launch(out, x, W, b, x16s, W16s, act, alpha, convert_w, nchunks):
     """out = act(bf16(x) @ bf16(W) + b), overwriting ``out`` (N, F); x16s / W16s: float32 stores of
-    the bf16 copies (N, ceil(D/2)) / (D, ceil(F/2)), overwritten (kept for the backward pass)."""
+    the bf16 copies (N, ceil(D/2)) / (D, ceil(F/2)); x16s is overwritten (kept for the backward
+    pass), W16s only with ``convert_w`` (else the caller guarantees it holds bf16(W) already)."""
     N, D = x.shape
     F = W.shape[1]
     x16 = _bf16_view(x16s, D)
     W16 = _bf16_view(W16s, F)
     by_rows = N >= ROW_SPLIT_ROWS
     for c in prange(nchunks):
-        d0, d1 = split(D, nchunks, c)
-        to_bf16_rows(W16, W, d0, d1)
+        if convert_w:
+            d0, d1 = split(D, nchunks, c)
+            to_bf16_rows(W16, W, d0, d1)
         if not by_rows:
             r0, r1 = split(N, nchunks, c)
             to_bf16_rows(x16, x, r0, r1)
@@ -205,8 +207,9 @@ def dense_backward_bf16_launch(dx, dW, db, dz, W, b, x16s, W16s, dz16s, prev_y, 
                                fused_sgd, lr, wd, nchunks):
     """Backward of one bf16 dense layer given fp32 ``dz``; like ``dense_backward_launch``: thread c
     owns rows [d0, d1) of W and columns [f0, f1) of b.  ``dx`` (overwritten) leaves as the previous
-    layer's dz; with ``fused_sgd`` W/b are updated in place (fp32), else ``dW``/``db`` are
-    overwritten.  Uses the forward pass's bf16 x and W; writes dz16s (float32 store (N, ceil(F/2)))."""
+    layer's dz; with ``fused_sgd`` W/b are updated in place (fp32) and the updated rows are rounded
+    into W16s again (so it stays bf16(W) for the next forward), else ``dW``/``db`` are overwritten.
+    Uses the forward pass's bf16 x and W; writes dz16s (float32 store (N, ceil(F/2)))."""
     N, F = dz.shape
     D = W.shape[0]
     x16 = _bf16_view(x16s, D)
@@ -223,6 +226,7 @@ def dense_backward_bf16_launch(dx, dW, db, dz, W, b, x16s, W16s, dz16s, prev_y, 
             act_grad_block(dx, prev_y, prev_act, prev_alpha, 0, N, d0, d1)
         if fused_sgd:
             _grad_block_bf16(W, b, x16, dz16, dz, d0, d1, f0, f1, -lr, 1.0 - lr * wd)
+            to_bf16_rows(W16, W, d0, d1)      # this thread's rows, after their dx GEMM used the old ones
         else:
             _grad_block_bf16(dW, db, x16, dz16, dz, d0, d1, f0, f1, 1.0, 0.0)
 

@@ -84,7 +84,7 @@ def test_dense_launches_match_the_reference_on_rounded_operands(fused, N, rng):
     b = rng.standard_normal(F).astype(np.float32)
     out = np.empty((N, F), np.float32)
     x16s, W16s = np.empty(K.store_shape(N, D), np.float32), np.empty(K.store_shape(D, F), np.float32)
-    K.dense_forward_bf16_launch(out, x, W, b, x16s, W16s, act_code("tanh"), 0.01, 3)
+    K.dense_forward_bf16_launch(out, x, W, b, x16s, W16s, act_code("tanh"), 0.01, True, 3)
     xr, Wr = ref_bf16(x).astype(np.float64), ref_bf16(W).astype(np.float64)
     y = np.tanh(xr @ Wr + b)
     np.testing.assert_allclose(out, y, rtol=1e-5, atol=1e-5)
@@ -101,6 +101,7 @@ def test_dense_launches_match_the_reference_on_rounded_operands(fused, N, rng):
     gW, gb = xr.T @ dzr, dz.astype(np.float64).sum(0)
     if fused:
         np.testing.assert_allclose(W, (1 - lr * wd) * W0 - lr * gW, rtol=1e-5, atol=1e-5)
+        assert np.array_equal(widen(K._bf16_view(W16s, F)), ref_bf16(W))   # the copy follows the update
         np.testing.assert_allclose(b, (1 - lr * wd) * b0 - lr * gb, rtol=1e-5, atol=1e-5)
     else:
         np.testing.assert_allclose(dW, gW, rtol=1e-5, atol=1e-4)
@@ -162,3 +163,37 @@ def test_bf16_fashion_mnist_accuracy_within_half_a_point_of_fp32():
         acc[precision] = m.evaluate(Xt, yt)["accuracy"]
     assert acc["fp32"] > 0.85
     assert abs(acc["bf16"] - acc["fp32"]) <= 0.005, acc
+
+
+@needs_bf16
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+def test_kept_bf16_weight_copies_give_the_same_bits_as_rounding_every_step(optimizer, rng, monkeypatch):
+    """fit keeps W's bf16 copy current through fused updates instead of re-rounding it each step:
+    the result must be bitwise what re-rounding every step gives."""
+    from fastbp import plan as P
+    X = rng.standard_normal((203, 30)).astype(np.float32)        # a short last batch: a second workspace
+    y = rng.integers(0, 3, 203)
+
+    def train():
+        m = Model([Dense(64, "relu"), Dense(32, "tanh"), Dense(3)], seed=0, precision="bf16")
+        m.fit(X, y, epochs=3, batch_size=32, optimizer=optimizer, lr=0.05 if optimizer == "sgd" else 1e-3)
+        return m
+    kept = train()
+    real = P.Plan.run
+    monkeypatch.setattr(P.Plan, "run", lambda self, *a, **k: real(self, *a, **dict(k, bf16_current=False)))
+    rounded = train()
+    assert np.array_equal(kept.params, rounded.params)
+
+
+@needs_bf16
+def test_bf16_predictions_see_weights_written_from_python(rng):
+    X = rng.standard_normal((50, 6)).astype(np.float32)
+    m = Model([Dense(8, "tanh"), Dense(2)], seed=0, precision="bf16", input_dim=6)
+    m.fit(X, np.arange(50) % 2, epochs=1, batch_size=10)
+    before = m.predict_proba(X)
+    m.layers[0].W[...] *= -1                                    # a write no kernel saw
+    after = m.predict_proba(X)
+    assert not np.allclose(before, after)
+    fresh = Model([Dense(8, "tanh"), Dense(2)], seed=0, precision="bf16", input_dim=6)
+    fresh.load_state_dict(m.state_dict())
+    np.testing.assert_array_equal(fresh.predict_proba(X), after)
