@@ -248,7 +248,8 @@ class Step:
         n_global = idx.shape[0]
         off, rows = shard(n_global, comm.size, comm.rank)
         ws, ios, fwd, loss_prog, bwd, update = self._parts(rows, off)
-        ws.bf16_ok[:] = 0           # bf16: the weights changed since (broadcast, all-reduced update)
+        if plan.precision == "bf16":
+            ws.bf16_ok[:] = 0       # the weights changed since (broadcast, all-reduced update)
         mine = idx[off:off + rows]
         np.take(X, mine, axis=0, out=ws.x)
         np.take(y, mine, axis=0, out=ws.y)

@@ -139,7 +139,7 @@ class Plan:
         bf16: the workspace's bf16 weight copies are re-rounded unless ``bf16_current`` (the caller
         knows nothing but this workspace's own fused steps wrote the weights since its last run)."""
         bind_blas()
-        if not bf16_current:
+        if self.precision == "bf16" and not bf16_current:
             ws.bf16_ok[:] = 0
         return self.program(ws, kind, optimizer, opt_state, count, fuse).run(ws, t, lr, training, nt)
 

@@ -126,16 +126,20 @@ def _load_mkl():
             None)
 
 
-def _cpu_has_avx512():
+def cpu_flags():
+    """The CPU's feature flags from /proc/cpuinfo (empty where it cannot be read)."""
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
                 if line.startswith("flags"):
-                    flags = set(line.split(":", 1)[1].split())
-                    return {"avx512f", "avx512dq", "avx512bw", "avx512vl"} <= flags
+                    return set(line.split(":", 1)[1].split())
     except OSError:
         pass
-    return False
+    return set()
+
+
+def _cpu_has_avx512():
+    return {"avx512f", "avx512dq", "avx512bw", "avx512vl"} <= cpu_flags()
 
 
 def _load_blis():

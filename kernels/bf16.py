@@ -18,17 +18,16 @@ Levels: ``to_bf16_rows`` / ``gemm_bf16`` (serial); ``dense_forward_bf16_launch``
 blocks by weight columns/rows as in ``dense``; no checks).
 """
 import ctypes
-import glob
-import os
-import sys
 import threading
 
 import numpy as np
 from numba import prange
 
+from ._blas import _find_mkl, cpu_flags
 from ._jit import JIT_DISABLED, jit
 from ._parallel import split
 from .activation import act_grad_block, bias_act_block
+from .dense import bias_grad_block
 from .validate import Bf16Unavailable
 
 SYMBOL = "fastbp_cblas_gemm_bf16bf16f32"
@@ -39,23 +38,7 @@ _KEEP = []
 
 def cpu_supports_bf16():
     """True when the CPU has AVX512_BF16 or AMX-BF16 (Linux /proc/cpuinfo)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    flags = set(line.split(":", 1)[1].split())
-                    return bool({"avx512_bf16", "amx_bf16"} & flags)
-    except OSError:
-        pass
-    return False
-
-
-def _find_mkl():
-    for prefix in dict.fromkeys((sys.prefix, sys.base_prefix)):
-        hits = sorted(glob.glob(os.path.join(prefix, "lib", "libmkl_rt.so*")))
-        if hits:
-            return hits[0]
-    return None
+    return bool({"avx512_bf16", "amx_bf16"} & cpu_flags())
 
 
 def bind_bf16():
@@ -235,18 +218,7 @@ def dense_backward_bf16_launch(dx, dW, db, dz, W, b, x16s, W16s, dz16s, prev_y, 
 def _grad_block_bf16(dW, db, x16, dz16, dz, d0, d1, f0, f1, scale, beta):
     """dW[d0:d1] = scale * x16[:, d0:d1]^T dz16 + beta * dW[d0:d1]; db[f0:f1] likewise from fp32 dz."""
     gemm_bf16(dW[d0:d1], x16[:, d0:d1], dz16, True, False, scale, beta)
-    if db.shape[0] == 0:
-        return
-    s = np.float32(scale)
-    bt = np.float32(beta)
-    dbb = db[f0:f1]
-    nf = f1 - f0
-    for f in range(nf):
-        dbb[f] = dbb[f] * bt if beta != 0.0 else bt
-    for n in range(dz.shape[0]):
-        row = dz[n, f0:f1]
-        for f in range(nf):
-            dbb[f] += s * row[f]
+    bias_grad_block(db, dz, f0, f1, scale, beta)
 
 
 def store_shape(rows, cols):

@@ -47,16 +47,22 @@ def dense_grad_block(dW, db, x, dz, d0, d1, f0, f1, scale, beta):
     db[f0:f1] = scale * sum_n dz[n, f0:f1] + beta * db[f0:f1] (skipped when db is empty).
     ``beta = 0`` overwrites."""
     gemm(dW[d0:d1], x[:, d0:d1], dz, True, False, scale, beta)
+    bias_grad_block(db, dz, f0, f1, scale, beta)
+
+
+@jit
+def bias_grad_block(db, dz, f0, f1, scale, beta):
+    """db[f0:f1] = scale * sum_n dz[n, f0:f1] + beta * db[f0:f1]; nothing when db is empty.
+    ``beta = 0`` overwrites."""
     if db.shape[0] == 0:
         return
-    N = dz.shape[0]
     s = cast_like(scale, dz)
     bt = cast_like(beta, dz)
     dbb = db[f0:f1]
     nf = f1 - f0
     for f in range(nf):
         dbb[f] = dbb[f] * bt if beta != 0.0 else bt   # beta = 0 overwrites (no NaN * 0)
-    for n in range(N):
+    for n in range(dz.shape[0]):
         row = dz[n, f0:f1]
         for f in range(nf):
             dbb[f] += s * row[f]
