@@ -91,11 +91,16 @@ def threading_info():
             "blas": blas["backend"], "blas_library": blas["library"], "blas_threads_per_call": 1}
 
 
+def env_off(name):
+    """True when environment variable ``name`` is set to 0 / false / no / off."""
+    return os.environ.get(name, "1").strip().lower() in ("0", "false", "no", "off")
+
+
 def adaptive():
     """Whether training adapts its thread count to the CPUs it actually gets: yes unless the user
     chose a count (NUMBA_NUM_THREADS, ``set_num_threads``, ``--threads``) or set
     FASTBP_ADAPTIVE_THREADS=0."""
-    if os.environ.get(ADAPTIVE_ENV, "1").strip().lower() in ("0", "false", "no", "off"):
+    if env_off(ADAPTIVE_ENV):
         return False
     return "NUMBA_NUM_THREADS" not in os.environ and not _state["explicit"]
 

@@ -182,22 +182,15 @@ def sgemm_peak(threads, n=2048, repeat=5):
 
 
 def _bound_single_thread_gflops(A, B, C, repeat):
-    """GFLOP/s of one call of fastbp's bound float32 GEMM shim (single-threaded by design)."""
-    import ctypes
-
-    from fastbp.kernels import JIT_DISABLED, _blas
+    """GFLOP/s of one single-threaded call of the BLAS fastbp bound."""
+    from fastbp.kernels import JIT_DISABLED, bind_blas
+    from fastbp.kernels.gemm_floor import serial_gemm
     if JIT_DISABLED:
         return 0.0
-    _blas.bind()
-    n = A.shape[0]
-    call = _blas._PROTOS[0](_blas._SLOTS[0])
-    one, zero = ctypes.c_float(1.0), ctypes.c_float(0.0)
-
-    def run():
-        call(n, n, n, one, A.ctypes.data, n, 1, B.ctypes.data, n, 1, zero, C.ctypes.data, n, 1)
-    run()
-    best = min(_timeit(run, 1) for _ in range(repeat))
-    return 2 * n ** 3 / best / 1e9
+    bind_blas()
+    serial_gemm(C, A, B)
+    best = min(_timeit(lambda: serial_gemm(C, A, B), 1) for _ in range(repeat))
+    return 2 * A.shape[0] ** 3 / best / 1e9
 
 
 def step_flops(B):

@@ -50,7 +50,6 @@ class Plan:
         self.ops = compile_specs(self.specs, self.input_dim)
         for op in self.ops:
             op.precision = precision
-        start_helpers([fn for op in self.ops for fn in op.entries] + list(self.loss.entries), self.dtype)
         if not any(op.param_shapes() for op in self.ops):
             raise ValueError("layers: the model needs at least one layer with parameters (e.g. Dense)")
         last = self.ops[-1]
@@ -58,6 +57,7 @@ class Plan:
             raise ValueError(f"layers: with loss={self.loss.name!r} the last layer must output logits "
                              f"(no activation); the loss applies the softmax/sigmoid itself")
         self.output_dim = last.out_dim
+        start_helpers([fn for op in self.ops for fn in op.entries] + list(self.loss.entries), self.dtype)
         sizes = [int(np.prod(sh, dtype=object)) for op in self.ops for sh in op.param_shapes().values()]
         check_memory(2 * sum(sizes) * self.dtype.itemsize, f"the model's {sum(sizes):,} parameters and gradients")
         self.params = aligned_empty(int(sum(sizes)), self.dtype)   # (P,) every trained parameter

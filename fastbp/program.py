@@ -132,10 +132,11 @@ class Program:
         ft = None if JIT_DISABLED else types.FunctionType(entry_signature(dtype))
         with _Notice(dtype):
             from .warmup import helping
+            helped = [helping(fn, dtype) for fn, _, _ in entries]
             fns = [None] * len(entries)   # this process's own first, then what helpers compiled
-            for i in sorted(range(len(entries)), key=lambda i: helping(entries[i][0], dtype)):
-                if helping(entries[i][0], dtype):
-                    prepare_runner(dtype)    # meanwhile: the list builders and the runner
+            for i in sorted(range(len(entries)), key=helped.__getitem__):
+                if helped[i]:
+                    prepare_runner(dtype)    # meanwhile: the list builders and the runner (once)
                 fns[i] = _compiled(entries[i][0], dtype)
             self.fns = typed_list(fns, ft)
         self.ias = typed_list([np.asarray(ia, np.int64) for _, ia, _ in entries],

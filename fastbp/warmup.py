@@ -55,11 +55,11 @@ def cached(fn, dtype):
 
 def start_helpers(fns, dtype):
     """Hand the costliest uncached entries of a new plan to helper processes (see module doc)."""
-    from ._threads import usable_cpus
+    from ._threads import env_off, usable_cpus
     from .distributed import launched_ranks
     from .kernels import JIT_DISABLED
     from .program import _COMPILED
-    if JIT_DISABLED or os.environ.get(ENV, "1").strip().lower() in ("0", "false", "no", "off"):
+    if JIT_DISABLED or env_off(ENV):
         return []
     if (launched_ranks() or 1) > 1:    # MPI ranks: each compiles on its own CPU already
         return []
