@@ -51,6 +51,7 @@ _EXPORTS = {
     "dense_forward_bf16_launch": ("bf16", "dense_forward_bf16_launch"),
     "gemm_bf16": ("bf16", "gemm_bf16"),
     "to_bf16_rows": ("bf16", "to_bf16_rows"),
+    "to_bf16_store_rows": ("bf16", "to_bf16_store_rows"),
     "dense_backward": ("dense", "dense_backward"),
     "dense_backward_launch": ("dense", "dense_backward_launch"),
     "dense_forward": ("dense", "dense_forward"),

@@ -57,6 +57,20 @@ def test_rounding_is_nearest_even_and_keeps_specials():
 
 
 @needs_bf16
+@pytest.mark.parametrize("cols", [1, 6, 7, 513])
+def test_store_rows_hold_the_same_bits_as_rounding_into_the_view(cols, rng):
+    x = rng.standard_normal((9, cols)).astype(np.float32) * 1e3
+    x[0, 0], x[-1, -1] = np.nan, np.inf
+    store = np.full(K.store_shape(9, cols), np.float32(7.0))        # stale contents must be replaced
+    K.to_bf16_store_rows(store, x, 2, 9)
+    want = np.zeros(x.shape, np.uint16)
+    K.to_bf16_rows(want, x, 0, 9)
+    view = K._bf16_view(store, cols)
+    assert np.array_equal(view[2:], want[2:])
+    assert np.array_equal(store[:2], np.full((2, store.shape[1]), np.float32(7.0)))    # rows outside untouched
+
+
+@needs_bf16
 @pytest.mark.parametrize("ta,tb", [(False, False), (True, False), (False, True), (True, True)])
 def test_gemm_bf16_matches_the_product_of_the_rounded_operands(ta, tb, rng):
     m, n, k = 37, 29, 53
