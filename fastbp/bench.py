@@ -412,10 +412,47 @@ t = time.perf_counter(); epoch(); print(json.dumps({"s": time.perf_counter() - t
 """
 
 
-def _epochs(data_dir, peers, say):
-    """One Fashion-MNIST epoch at batch 128 (shuffle and batch gathering included), fastbp in this
-    process, PyTorch in its own (same thread count)."""
-    import importlib.util
+_JAX_EPOCH_SCRIPT = r"""
+import json, os, sys, time
+threads = int(sys.argv[2])
+os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[:threads])   # XLA's pool follows the allowed cores
+import numpy as np, jax, jax.numpy as jnp
+from fastbp import data
+(X, y), _ = data.load_fashion_mnist(sys.argv[1] or None)
+rng = np.random.default_rng(0)
+sizes = (784, 512, 512, 10)
+params = [(jnp.asarray((rng.uniform(-1, 1, (d, f)) / np.sqrt(d)).astype(np.float32)), jnp.zeros(f, jnp.float32))
+          for d, f in zip(sizes[:-1], sizes[1:])]
+Xd, yd = jnp.asarray(X), jnp.asarray(y.astype(np.int32))     # the data on the device once, like fastbp's arrays
+def loss(ps, X, y):
+    h = X
+    for i, (W, b) in enumerate(ps):
+        h = h @ W + b
+        if i < len(ps) - 1:
+            h = jnp.tanh(h)
+    return -jnp.mean(jax.nn.log_softmax(h)[jnp.arange(h.shape[0]), y])
+@jax.jit
+def step(ps, idx):                                           # the batch is gathered inside the jitted step
+    g = jax.grad(loss)(ps, Xd[idx], yd[idx])
+    return jax.tree_util.tree_map(lambda p, d: p - 0.1 * d, ps, g)
+n = X.shape[0]
+def epoch(ps, perm):
+    for s in range(0, n, 128):
+        ps = step(ps, perm[s:s + 128])
+    return jax.block_until_ready(ps)
+params = epoch(params, np.arange(n, dtype=np.int32)[:1024 + n % 128])   # compile both batch shapes untimed
+t = time.perf_counter()
+params = epoch(params, rng.permutation(n).astype(np.int32))
+print(json.dumps({"s": time.perf_counter() - t, "version": jax.__version__}))
+"""
+
+EPOCH_PEER_SCRIPTS = {"torch": _TORCH_EPOCH_SCRIPT, "jax": _JAX_EPOCH_SCRIPT}
+
+
+def _epochs(data_dir, peers, say, rounds=3):
+    """One Fashion-MNIST epoch at batch 128 (shuffle and batch gathering included): fastbp in this
+    process, each installed peer in its own (same thread count), ``rounds`` interleaved rounds;
+    medians and their ratios."""
     import json
     import subprocess
     import sys
@@ -423,20 +460,30 @@ def _epochs(data_dir, peers, say):
     import fastbp
     from fastbp import Dense, Model, data
     (X, y), _ = data.load_fashion_mnist(data_dir)
-    out = {}
     m = Model([Dense(512, "tanh"), Dense(512, "tanh"), Dense(10)])
     m.fit(X[:1024], y[:1024], epochs=1, lr=0.1)   # compile outside the timing
-    t = time.perf_counter()
-    m.fit(X, y, epochs=1, batch_size=128, lr=0.1, seed=1)
-    out["fastbp_s"] = time.perf_counter() - t
-    if peers and importlib.util.find_spec("torch") is not None:
-        r = subprocess.run([sys.executable, "-c", _TORCH_EPOCH_SCRIPT, data_dir or "", str(fastbp.get_num_threads())],
-                           capture_output=True, text=True, timeout=900)
-        if r.returncode == 0:
-            out["torch_s"] = json.loads(r.stdout.strip().splitlines()[-1])["s"]
-            out["ratio_torch"] = out["fastbp_s"] / out["torch_s"]
-    say(f"\nFashion-MNIST epoch (batch 128, shuffle + gather included): fastbp {out['fastbp_s']:.2f} s"
-        + (f", torch {out['torch_s']:.2f} s (own process), ratio {out['ratio_torch']:.2f}" if "torch_s" in out else ""))
+    peer_list = [p for p in peers_available() if p in EPOCH_PEER_SCRIPTS] if peers else []
+    samples = {"fastbp": [], **{p: [] for p in peer_list}}
+    for r in range(rounds):
+        t = time.perf_counter()
+        m.fit(X, y, epochs=1, batch_size=128, lr=0.1, seed=1 + r)
+        samples["fastbp"].append(time.perf_counter() - t)
+        for p in peer_list:
+            res = subprocess.run([sys.executable, "-c", EPOCH_PEER_SCRIPTS[p], data_dir or "",
+                                  str(fastbp.get_num_threads())], capture_output=True, text=True, timeout=900)
+            if res.returncode == 0:
+                samples[p].append(json.loads(res.stdout.strip().splitlines()[-1])["s"])
+    out = {"rounds": rounds, "samples_s": samples, "fastbp_s": statistics.median(samples["fastbp"])}
+    line = f"\nFashion-MNIST epoch (batch 128, shuffle + gather included; median of {rounds} interleaved rounds): " \
+           f"fastbp {out['fastbp_s']:.2f} s"
+    for p in peer_list:
+        if samples[p]:
+            out[f"{p}_s"] = statistics.median(samples[p])
+            out[f"ratio_{p}"] = out["fastbp_s"] / out[f"{p}_s"]
+            line += f", {p} {out[f'{p}_s']:.2f} s (ratio {out[f'ratio_{p}']:.2f})"
+        else:
+            line += f", {p} failed"
+    say(line)
     return out
 
 

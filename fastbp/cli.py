@@ -88,7 +88,8 @@ def build_parser():
     b.add_argument("--threshold", type=_positive(float), default=0.10,
                    help="--compare: a figure slower by more than this fraction is a regression")
     b.add_argument("--no-scaling", action="store_true", help="skip the thread-scaling table")
-    b.add_argument("--epoch", action="store_true", help="also time one Fashion-MNIST epoch vs PyTorch")
+    b.add_argument("--epoch", action="store_true",
+                   help="also time one Fashion-MNIST epoch vs PyTorch and JAX (own processes)")
     b.add_argument("--data-dir", default=None, help="folder with the Fashion-MNIST IDX files")
     b.add_argument("--profile", action="store_true",
                    help="also break a step down: GEMM, elementwise, parallel-region overhead, Python")

@@ -36,6 +36,7 @@ from .kernels import (
     dense_forward_launch,
     dropout_backward_launch,
     dropout_forward_launch,
+    forward_rows_from,
     jit,
     sgd_launch,
 )
@@ -143,8 +144,8 @@ class Op:
 # ----------------------------------------------------------------------------- Dense
 @jit
 def dense_forward_entry(a2, a1, ai, af, ia, fa, t, lr, training, nt):
-    # ia: x, out, W, b, act      fa: alpha
-    dense_forward_launch(a2[ia[1]], a2[ia[0]], a2[ia[2]], a1[ia[3]], ia[4], fa[0], nt)
+    # ia: x, out, W, b, act, rows_from      fa: alpha
+    dense_forward_launch(a2[ia[1]], a2[ia[0]], a2[ia[2]], a1[ia[3]], ia[4], fa[0], nt, ia[5])
     return 0.0
 
 
@@ -213,7 +214,7 @@ class DenseOp(Op):
         if self.precision == "bf16":
             return dense_forward_bf16_entry, ia + [s(self._bf16_store(io, "x16")), s(self._bf16_store(io, "W16")),
                                                    s(io.ws.bf16_ok), self.index], [self.alpha]
-        return dense_forward_entry, ia, [self.alpha]
+        return dense_forward_entry, ia + [forward_rows_from()], [self.alpha]
 
     def backward_entry(self, io, fused_sgd, wd):
         s = io.ws.slot

@@ -10,7 +10,9 @@ Two documented levels, one naming convention:
 * **Jitted launches** (``dense_forward_launch``, ``dense_backward_launch``, ...): one
   ``parallel=True`` region each, same semantics, *no checks*; activations are the integer
   constants ``IDENTITY``, ``RELU``, ``LEAKY_RELU``, ``SIGMOID``, ``TANH`` and the last
-  argument ``nchunks`` is the number of per-thread chunks.  They may be called from a user's
+  argument ``nchunks`` is the number of per-thread chunks (``dense_forward_launch`` takes an
+  optional ``rows_from`` after it: pass ``forward_rows_from()``, the bound BLAS's measured
+  threshold for cutting the forward by rows of x).  They may be called from a user's
   own ``@numba.njit`` code (also inside ``prange``).  Call ``bind_blas()`` once from Python
   first to surface BLAS set-up errors as exceptions (otherwise the first GEMM binds).
 
@@ -56,6 +58,7 @@ _EXPORTS = {
     "dense_backward_launch": ("dense", "dense_backward_launch"),
     "dense_forward": ("dense", "dense_forward"),
     "dense_forward_launch": ("dense", "dense_forward_launch"),
+    "forward_rows_from": ("_blas", "forward_rows_from"),
     "dropout_backward": ("dropout", "dropout_backward"),
     "dropout_backward_launch": ("dropout", "dropout_backward_launch"),
     "dropout_forward": ("dropout", "dropout_forward"),

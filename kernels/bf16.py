@@ -27,7 +27,7 @@ from ._blas import _find_mkl, cpu_flags
 from ._jit import JIT_DISABLED, jit
 from ._parallel import split
 from .activation import act_grad_block, bias_act_block
-from .dense import bias_grad_block
+from .dense import bias_grad_block, forward_by_rows
 from .validate import Bf16Unavailable
 
 SYMBOL = "fastbp_cblas_gemm_bf16bf16f32"
@@ -166,8 +166,9 @@ def _bf16_view(store, cols):
     return store.view(np.uint16)[:, :cols]
 
 
-#: from this many rows on, the forward GEMM is cut by rows of x (each thread converts and multiplies
-#: its own rows: 1.2-1.3x faster at 512-4096 rows, measured); below, by columns of W as in ``dense``
+#: from this many rows on (or for narrow outputs, as in ``dense``), the forward GEMM is cut by rows
+#: of x (each thread converts and multiplies its own rows: 1.2-1.3x faster at 512-4096 rows,
+#: measured); below, by columns of W
 ROW_SPLIT_ROWS = 256
 
 
@@ -180,7 +181,7 @@ def dense_forward_bf16_launch(out, x, W, b, x16s, W16s, act, alpha, convert_w, n
     F = W.shape[1]
     x16 = _bf16_view(x16s, D)
     W16 = _bf16_view(W16s, F)
-    by_rows = N >= ROW_SPLIT_ROWS
+    by_rows = forward_by_rows(N, F, nchunks, ROW_SPLIT_ROWS)
     for c in prange(nchunks):
         if convert_w:
             d0, d1 = split(D, nchunks, c)

@@ -5,9 +5,10 @@ Shapes: X (N, 784), W0 (784, 512), W1 (512, 512), W2 (512, 10); H*, G* (N, F); d
 """
 from numba import prange
 
-from ._blas import gemm
+from ._blas import forward_rows_from, gemm
 from ._jit import jit
 from ._parallel import split
+from .dense import forward_by_rows
 
 
 @jit
@@ -17,11 +18,16 @@ def serial_gemm(C, A, B):
 
 
 @jit(parallel=True)
-def _fwd(out, x, W, nchunks):
-    F = W.shape[1]
-    for c in prange(nchunks):
-        f0, f1 = split(F, nchunks, c)
-        gemm(out[:, f0:f1], x, W[:, f0:f1], False, False, 1.0, 0.0)
+def _fwd(out, x, W, nchunks, rows_from):
+    N, F = out.shape
+    if forward_by_rows(N, F, nchunks, rows_from):
+        for c in prange(nchunks):
+            r0, r1 = split(N, nchunks, c)
+            gemm(out[r0:r1], x[r0:r1], W, False, False, 1.0, 0.0)
+    else:
+        for c in prange(nchunks):
+            f0, f1 = split(F, nchunks, c)
+            gemm(out[:, f0:f1], x, W[:, f0:f1], False, False, 1.0, 0.0)
 
 
 @jit(parallel=True)
@@ -35,9 +41,10 @@ def _bwd(dx, dW, dz, x, W, want_dx, nchunks):
 
 
 def gemm_only_step(X, W0, W1, W2, H0, H1, H2, G0, G1, G2, dW0, dW1, dW2, nchunks):
-    _fwd(H0, X, W0, nchunks)
-    _fwd(H1, H0, W1, nchunks)
-    _fwd(H2, H1, W2, nchunks)
+    rows_from = forward_rows_from()
+    _fwd(H0, X, W0, nchunks, rows_from)
+    _fwd(H1, H0, W1, nchunks, rows_from)
+    _fwd(H2, H1, W2, nchunks, rows_from)
     _bwd(G1, dW2, G2, H1, W2, True, nchunks)
     _bwd(G0, dW1, G1, H0, W1, True, nchunks)
     _bwd(G0, dW0, G0, X, W0, False, nchunks)

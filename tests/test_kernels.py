@@ -197,3 +197,23 @@ def test_results_do_not_depend_on_chunking(rng, nthreads):
     out = np.empty((33, 19))
     K.dense_forward(out, x, W, b, "tanh", nthreads=nthreads)
     close(out, np.tanh(x @ W + b), np.float64)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("N,F,rows_from", [(9, 70, 0), (9, 70, 1), (9, 70, 10), (300, 70, 128), (5, 10, 0),
+                                           (1, 10, 0), (0, 10, 0), (2, 3, 0)])
+@pytest.mark.parametrize("nchunks", [1, 2, 3])
+def test_forward_cut_by_rows_or_columns_matches_the_reference(rng, dtype, N, F, rows_from, nchunks):
+    """Both cuts of the forward (rows of x, columns of W; chunks may be empty) give act(x @ W + b)."""
+    x, W, b = _layer(rng, N, 13, F, dtype)
+    out = np.full((N, F), np.nan, dtype)
+    K.dense_forward_launch(out, x, W, b, K.TANH, 0.01, nchunks, rows_from)
+    close(out, np.tanh(x.astype(np.float64) @ W + b), dtype)
+
+
+def test_forward_cut_rule():
+    from fastbp.kernels.dense import NARROW_COLS, forward_by_rows
+    assert forward_by_rows(1, NARROW_COLS * 2 - 1, 2, 0)          # narrow: by rows, even with fewer rows than chunks
+    assert not forward_by_rows(4096, NARROW_COLS * 2, 2, 0)      # rows_from 0: never for wide outputs
+    assert forward_by_rows(128, 512, 2, 128) and not forward_by_rows(127, 512, 2, 128)
+    assert K.forward_rows_from() == {"mkl": 128, "openblas": 512, "blis": 512}.get(K.blas_backend(), 0)
