@@ -66,9 +66,10 @@ def _gemm_floor_steps(B, rng):
         np.dot(G[1], W[1].T, out=G[0])
         np.dot(X.T, G[0], out=dW[0])
     nt = get_num_threads()
+    P = [np.empty((nt * B, f), np.float32) for f in SIZES[1:]]
 
     def fastbp_gemms():
-        gemm_only_step(X, W[0], W[1], W[2], H[0], H[1], H[2], G[0], G[1], G[2], dW[0], dW[1], dW[2], nt)
+        gemm_only_step(X, W[0], W[1], W[2], H[0], H[1], H[2], G[0], G[1], G[2], dW[0], dW[1], dW[2], nt, P)
     return numpy_gemms, fastbp_gemms
 
 

@@ -23,6 +23,7 @@ from . import init as initializers
 from . import layers as L
 from .kernels import (
     IDENTITY,
+    KSPLIT_BELOW_ROWS,
     activation_backward,
     activation_backward_launch,
     activation_forward,
@@ -33,16 +34,20 @@ from .kernels import (
     dense_backward_bf16_launch,
     dense_backward_launch,
     dense_forward_bf16_launch,
+    dense_forward_ksplit_launch,
     dense_forward_launch,
     dropout_backward_launch,
     dropout_forward_launch,
+    forward_by_k,
     forward_rows_from,
     jit,
     sgd_launch,
 )
 from .kernels.names import CODE_NAMES, act_code
+from .kernels.validate import max_threads
 
 OPS = {}   # spec class -> op class
+KSPLIT_SCRATCH = 1 << 21   # elements: the largest per-layer scratch for the forward cut along D
 
 
 def register(cls):
@@ -144,8 +149,13 @@ class Op:
 # ----------------------------------------------------------------------------- Dense
 @jit
 def dense_forward_entry(a2, a1, ai, af, ia, fa, t, lr, training, nt):
-    # ia: x, out, W, b, act, rows_from      fa: alpha
-    dense_forward_launch(a2[ia[1]], a2[ia[0]], a2[ia[2]], a1[ia[3]], ia[4], fa[0], nt, ia[5])
+    # ia: x, out, W, b, act, rows_from, partial scratch (0: none)      fa: alpha
+    x, W, part = a2[ia[0]], a2[ia[2]], a2[ia[6]]
+    N = x.shape[0]
+    if part.shape[0] >= nt * N and forward_by_k(N, x.shape[1], W.shape[1], nt):
+        dense_forward_ksplit_launch(a2[ia[1]], x, W, a1[ia[3]], ia[4], fa[0], part, nt)
+    else:
+        dense_forward_launch(a2[ia[1]], x, W, a1[ia[3]], ia[4], fa[0], nt, ia[5])
     return 0.0
 
 
@@ -214,7 +224,7 @@ class DenseOp(Op):
         if self.precision == "bf16":
             return dense_forward_bf16_entry, ia + [s(self._bf16_store(io, "x16")), s(self._bf16_store(io, "W16")),
                                                    s(io.ws.bf16_ok), self.index], [self.alpha]
-        return dense_forward_entry, ia + [forward_rows_from()], [self.alpha]
+        return dense_forward_entry, ia + [forward_rows_from(), s(self._ksplit_scratch(io))], [self.alpha]
 
     def backward_entry(self, io, fused_sgd, wd):
         s = io.ws.slot
@@ -225,6 +235,20 @@ class DenseOp(Op):
             stores = [s(self._bf16_store(io, n)) for n in ("x16", "W16", "dz16")]
             return dense_backward_bf16_entry, ia + stores + [s(io.ws.bf16_ok), self.index], [palpha, wd]
         return dense_backward_entry, ia, [palpha, wd]
+
+    def _ksplit_scratch(self, io):
+        """(threads * N, F) partial products for the small-batch forward cut along D, or None
+        where it is never used (N, D, F) or would exceed KSPLIT_SCRATCH elements."""
+        N, nt = io.x.shape[0], max_threads()
+        if N >= KSPLIT_BELOW_ROWS or nt < 2 or nt * N * self.out_dim > KSPLIT_SCRATCH:
+            return None
+        by_k = getattr(forward_by_k, "py_func", forward_by_k)     # the same rule in Python (no compile)
+        if not any(by_k(N, self.in_dim, self.out_dim, k) for k in range(2, nt + 1)):
+            return None
+        scratch = io.ws.scratch[self.index]
+        if "partial" not in scratch:
+            scratch["partial"] = np.zeros((nt * N, self.out_dim), io.x.dtype)
+        return scratch["partial"]
 
     def _bf16_store(self, io, name):
         """This workspace's float32 store for a bf16 copy (x16: the input, W16, dz16: the delta)."""

@@ -12,7 +12,9 @@ the block is in cache.  Backward: rows of W (each thread owns its rows of dW).
 Forward: columns of W, or rows of x when the output is narrow (F < NARROW_COLS per
 chunk: 1.6-2.3x faster for F=10 with all three BLAS) or N >= ``rows_from`` (the
 bound BLAS's threshold, ``_blas.forward_rows_from()``: MKL 7-20% faster by rows from
-128 rows, OpenBLAS/BLIS only from 512; measured on a 2-core AVX-512 machine).
+128 rows, OpenBLAS/BLIS only from 512; measured on a 2-core AVX-512 machine).  Small
+batches (``forward_by_k``): cut along D, each thread multiplying the rows of W it owns in the
+backward, then a reduce of the per-thread partial products (``dense_forward_ksplit_launch``).
 
 Levels: ``dense_forward_block`` / ``dense_grad_block`` (serial);
 ``dense_forward_launch`` / ``dense_backward_launch`` (one parallel region, no checks:
@@ -61,6 +63,48 @@ def dense_forward_launch(out, x, W, b, act, alpha, nchunks, rows_from=0):
         for c in prange(nchunks):
             f0, f1 = split(F, nchunks, c)
             dense_forward_block(out, x, W, b, act, alpha, f0, f1)
+
+
+#: below this many rows the forward is cut along D (see ``dense_forward_ksplit_launch``):
+#: a 784-512-512-10 training step 0.82x the time at 32 rows, 0.89x at 64, 0.99-1.01x from 128
+KSPLIT_BELOW_ROWS = 128
+#: ... when every thread gets at least this many rows of W
+KSPLIT_MIN_DEPTH = 64
+
+
+@jit
+def forward_by_k(N, D, F, nchunks):
+    """True when the dense forward of (N, D, F) in ``nchunks`` chunks should be cut along D."""
+    return (nchunks > 1 and N < KSPLIT_BELOW_ROWS and D >= KSPLIT_MIN_DEPTH * nchunks
+            and F >= NARROW_COLS * nchunks)
+
+
+@jit(parallel=True)
+def dense_forward_ksplit_launch(out, x, W, b, act, alpha, partial, nchunks):
+    """out = act(x @ W + b), overwriting ``out`` (N, F), cut along D for small batches.
+
+    Thread c multiplies its own rows [d0, d1) of W (the rows it updates in the fused backward,
+    ``dense_backward_launch``, so W never moves between cores) into ``partial[c*N:(c+1)*N]``;
+    a second region sums the partials of each row in chunk order and adds bias + activation.
+    ``partial``: scratch (>= nchunks * N, F), overwritten.  Results depend on ``nchunks`` (the
+    order of the K sums), never on the thread that runs a chunk."""
+    N, D = x.shape
+    F = W.shape[1]
+    for c in prange(nchunks):
+        d0, d1 = split(D, nchunks, c)
+        gemm(partial[c * N:(c + 1) * N], x[:, d0:d1], W[d0:d1], False, False, 1.0, 0.0)
+    for c in prange(nchunks):
+        r0, r1 = split(N, nchunks, c)
+        for r in range(r0, r1):
+            o = out[r]
+            p0 = partial[r]
+            for f in range(F):
+                o[f] = p0[f]
+            for k in range(1, nchunks):
+                pk = partial[k * N + r]
+                for f in range(F):
+                    o[f] += pk[f]
+        bias_act_block(out, b, act, alpha, r0, r1, 0, F)
 
 
 @jit

@@ -8,7 +8,7 @@ from numba import prange
 from ._blas import forward_rows_from, gemm
 from ._jit import jit
 from ._parallel import split
-from .dense import forward_by_rows
+from .dense import forward_by_k, forward_by_rows
 
 
 @jit
@@ -18,9 +18,14 @@ def serial_gemm(C, A, B):
 
 
 @jit(parallel=True)
-def _fwd(out, x, W, nchunks, rows_from):
+def _fwd(out, x, W, nchunks, rows_from, partial):
     N, F = out.shape
-    if forward_by_rows(N, F, nchunks, rows_from):
+    D = x.shape[1]
+    if partial.shape[0] >= nchunks * N and forward_by_k(N, D, F, nchunks):
+        for c in prange(nchunks):          # the small-batch cut along D (its reduce is not GEMM work)
+            d0, d1 = split(D, nchunks, c)
+            gemm(partial[c * N:(c + 1) * N], x[:, d0:d1], W[d0:d1], False, False, 1.0, 0.0)
+    elif forward_by_rows(N, F, nchunks, rows_from):
         for c in prange(nchunks):
             r0, r1 = split(N, nchunks, c)
             gemm(out[r0:r1], x[r0:r1], W, False, False, 1.0, 0.0)
@@ -40,11 +45,13 @@ def _bwd(dx, dW, dz, x, W, want_dx, nchunks):
         gemm(dW[d0:d1], x[:, d0:d1], dz, True, False, 1.0, 0.0)
 
 
-def gemm_only_step(X, W0, W1, W2, H0, H1, H2, G0, G1, G2, dW0, dW1, dW2, nchunks):
+def gemm_only_step(X, W0, W1, W2, H0, H1, H2, G0, G1, G2, dW0, dW1, dW2, nchunks, partials):
+    """The step's GEMMs cut as the dense kernels cut them; ``partials``: per layer (>= nchunks * N,
+    F) scratch for the forward cut along D (as ``dense_forward_ksplit_launch``)."""
     rows_from = forward_rows_from()
-    _fwd(H0, X, W0, nchunks, rows_from)
-    _fwd(H1, H0, W1, nchunks, rows_from)
-    _fwd(H2, H1, W2, nchunks, rows_from)
+    _fwd(H0, X, W0, nchunks, rows_from, partials[0])
+    _fwd(H1, H0, W1, nchunks, rows_from, partials[1])
+    _fwd(H2, H1, W2, nchunks, rows_from, partials[2])
     _bwd(G1, dW2, G2, H1, W2, True, nchunks)
     _bwd(G0, dW1, G1, H0, W1, True, nchunks)
     _bwd(G0, dW0, G0, X, W0, False, nchunks)

@@ -217,3 +217,39 @@ def test_forward_cut_rule():
     assert not forward_by_rows(4096, NARROW_COLS * 2, 2, 0)      # rows_from 0: never for wide outputs
     assert forward_by_rows(128, 512, 2, 128) and not forward_by_rows(127, 512, 2, 128)
     assert K.forward_rows_from() == {"mkl": 128, "openblas": 512, "blis": 512}.get(K.blas_backend(), 0)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("N,D,nchunks", [(1, 130, 2), (7, 200, 3), (33, 784, 2), (2, 64, 4)])
+def test_forward_cut_along_d_matches_the_reference(rng, dtype, N, D, nchunks):
+    """The small-batch forward (per-thread partial products over its rows of W, then a reduce)."""
+    x, W, b = _layer(rng, N, D, 70, dtype)
+    out = np.full((N, 70), np.nan, dtype)
+    partial = np.full((nchunks * N + 3, 70), np.nan, dtype)      # longer than needed: only the first rows
+    K.dense_forward_ksplit_launch(out, x, W, b, K.TANH, 0.01, partial, nchunks)
+    close(out, np.tanh(x.astype(np.float64) @ W + b), dtype)
+    again = np.empty_like(out)
+    K.dense_forward_ksplit_launch(again, x, W, b, K.TANH, 0.01, partial, nchunks)
+    assert np.array_equal(out, again)                               # same chunks: same bits
+
+
+def test_forward_cut_along_d_rule():
+    assert K.forward_by_k(32, 784, 512, 2) and K.forward_by_k(K.KSPLIT_BELOW_ROWS - 1, 784, 512, 2)
+    assert not K.forward_by_k(K.KSPLIT_BELOW_ROWS, 784, 512, 2)    # large batches: rows or columns
+    assert not K.forward_by_k(32, 784, 512, 1)                       # one chunk: the plain GEMM
+    assert not K.forward_by_k(32, 784, 10, 2)                        # narrow outputs: by rows
+    assert not K.forward_by_k(32, 100, 512, 2)                       # shallow: under 64 rows of W per chunk
+
+
+@njit(parallel=True)
+def _outer_ksplit(outs, x, W, b, partials):
+    for i in prange(outs.shape[0]):
+        K.dense_forward_ksplit_launch(outs[i], x, W, b, K.TANH, 0.01, partials[i], 2)
+
+
+def test_forward_cut_along_d_inside_a_parallel_caller(rng):
+    x, W, b = _layer(rng, 5, 150, 64, np.float64)
+    outs, partials = np.empty((3, 5, 64)), np.empty((3, 10, 64))
+    _outer_ksplit(outs, x, W, b, partials)
+    for i in range(3):
+        close(outs[i], np.tanh(x @ W + b), np.float64)

@@ -16,11 +16,14 @@ def _data(rng, n=300, d=12, c=3, dtype=np.float32):
     return X, y
 
 
-def test_one_step_matches_reference_mlp(rng):
-    X, y = _data(rng, 37, 9, 4, np.float64)
-    m = Model([Dense(16, "tanh"), Dense(8, "sigmoid"), Dense(4)], input_dim=9, dtype="float64", seed=3)
+@pytest.mark.parametrize("N,D,H", [(37, 9, 16),      # narrow: every forward cut by rows
+                                   (37, 200, 80),    # 2+ threads: hidden layers cut along D (small batch)
+                                   (300, 200, 80)])  # by columns or rows (the BLAS's threshold)
+def test_one_step_matches_reference_mlp(rng, N, D, H):
+    X, y = _data(rng, N, D, 4, np.float64)
+    m = Model([Dense(H, "tanh"), Dense(H // 2, "sigmoid"), Dense(4)], input_dim=D, dtype="float64", seed=3)
     layers = [R.Dense(nd.W.copy(), nd.b.copy(), ("tanh", "sigmoid", None)[i]) for i, nd in enumerate(m.layers)]
-    m.fit(X, y, epochs=1, batch_size=37, lr=0.5, shuffle=False)
+    m.fit(X, y, epochs=1, batch_size=N, lr=0.5, shuffle=False)
     h = X
     for l in layers:
         h = l.forward(h)
