@@ -146,6 +146,107 @@ print(json.dumps({"samples": ts, "threads": len(cpus), "version": jax.__version_
 PEER_SCRIPTS = {"torch": _TORCH_SCRIPT, "jax": _JAX_SCRIPT}
 
 
+_PREDICT_PEER_COMMON = r"""
+import json, os, sys, time
+n, repeat, threads = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+import numpy as np
+rng = np.random.default_rng(0)
+X = rng.random((n, 784), dtype=np.float32)
+def timed(fn):
+    for _ in range(3):
+        fn()
+    ts = []
+    for _ in range(repeat):
+        t = time.perf_counter(); fn(); ts.append(time.perf_counter() - t)
+    return ts
+"""
+
+_TORCH_PREDICT_SCRIPT = _PREDICT_PEER_COMMON + r"""
+import torch
+torch.set_num_threads(threads)
+net = torch.nn.Sequential(torch.nn.Linear(784, 512), torch.nn.Tanh(), torch.nn.Linear(512, 512),
+                          torch.nn.Tanh(), torch.nn.Linear(512, 10)).eval()
+Xt = torch.from_numpy(X)
+def predict():                      # labels, as Model.predict returns them
+    with torch.no_grad():
+        return net(Xt).softmax(1).argmax(1).numpy()
+print(json.dumps({"samples": timed(predict)}))
+"""
+
+_JAX_PREDICT_SCRIPT = r"""
+import os, sys
+os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[:int(sys.argv[3])])
+""" + _PREDICT_PEER_COMMON + r"""
+import jax, jax.numpy as jnp
+sizes = (784, 512, 512, 10)
+ps = [(jnp.asarray((rng.standard_normal((d, f)) / np.sqrt(d)).astype(np.float32)), jnp.zeros(f, jnp.float32))
+      for d, f in zip(sizes[:-1], sizes[1:])]
+@jax.jit
+def labels(ps, X):
+    h = X
+    for i, (W, b) in enumerate(ps):
+        h = h @ W + b
+        if i < len(ps) - 1:
+            h = jnp.tanh(h)
+    return jnp.argmax(jax.nn.softmax(h), axis=1)
+def predict():                      # from a numpy array to numpy labels, like the others
+    return np.asarray(labels(ps, X))
+print(json.dumps({"samples": timed(predict)}))
+"""
+
+PREDICT_PEER_SCRIPTS = {"torch": _TORCH_PREDICT_SCRIPT, "jax": _JAX_PREDICT_SCRIPT}
+PREDICT_ROWS = 10_000
+
+
+def predict(peers=True, repeat=7, out=None, precisions=("fp32",), rows=PREDICT_ROWS):
+    """``Model.predict`` on ``rows`` rows (the 784-512-512-10 tanh MLP, labels out), fastbp in this
+    process, PyTorch (eager, ``no_grad``) and JAX (jit) in their own, same threads; medians."""
+    import json
+    import subprocess
+    import sys
+
+    import fastbp
+    say = (lambda s: print(s, file=out, flush=True)) if out is not None else (lambda s: None)
+    nt = fastbp.get_num_threads()
+    rng = np.random.default_rng(0)
+    X = rng.random((rows, 784), dtype=np.float32)
+    res = {"rows": rows, "threads": nt}
+    for prec in precisions:
+        try:
+            m = fastbp.Model([fastbp.Dense(512, "tanh"), fastbp.Dense(512, "tanh"), fastbp.Dense(10)], input_dim=784,
+                             precision=prec)
+            m.predict(X)                            # compile and workspaces outside the timing
+        except RuntimeError as e:                   # bf16 on a CPU or install without it
+            res[f"fastbp_{prec}_error"] = str(e)
+            continue
+        samples = []
+        for _ in range(repeat):
+            time.sleep(0.05)
+            t = time.perf_counter()
+            m.predict(X)
+            samples.append(time.perf_counter() - t)
+        res[f"fastbp_{prec}_ms"] = statistics.median(samples) * 1e3
+    for p in ([q for q in peers_available() if q in PREDICT_PEER_SCRIPTS] if peers else []):
+        r = subprocess.run([sys.executable, "-c", PREDICT_PEER_SCRIPTS[p], str(rows), str(repeat), str(nt)],
+                           capture_output=True, text=True, timeout=900)
+        if r.returncode == 0:
+            res[f"{p}_ms"] = statistics.median(json.loads(r.stdout.strip().splitlines()[-1])["samples"]) * 1e3
+    line = f"\npredict on {rows:,} rows (labels; {nt} threads; median of {repeat}):"
+    for prec in precisions:
+        if f"fastbp_{prec}_ms" in res:
+            line += f" fastbp {prec} {res[f'fastbp_{prec}_ms']:.1f} ms"
+            for p in PREDICT_PEER_SCRIPTS:
+                if f"{p}_ms" in res:
+                    res[f"ratio_{prec}_{p}"] = res[f"fastbp_{prec}_ms"] / res[f"{p}_ms"]
+                    line += f" ({res[f'ratio_{prec}_{p}']:.2f}x {p})"
+            line += ";"
+    line += "".join(f" {p} {res[f'{p}_ms']:.1f} ms" for p in PREDICT_PEER_SCRIPTS if f"{p}_ms" in res)
+    say(line)
+    return res
+
+
+
+
 def peers_available():
     import importlib.util
     return [p for p in PEER_SCRIPTS if importlib.util.find_spec(p) is not None]
@@ -377,6 +478,8 @@ def compare(new, old, threshold=0.10, out=None):
              if r["batch"] in olds]
     if (new.get("epoch") or {}).get("fastbp_s") and (old.get("epoch") or {}).get("fastbp_s"):
         pairs.append(("epoch", old["epoch"]["fastbp_s"] * 1e3, new["epoch"]["fastbp_s"] * 1e3))
+    if (new.get("predict") or {}).get("fastbp_fp32_ms") and (old.get("predict") or {}).get("fastbp_fp32_ms"):
+        pairs.append(("predict", old["predict"]["fastbp_fp32_ms"], new["predict"]["fastbp_fp32_ms"]))
     if not pairs:
         raise ValueError("--compare: no figure in common (different batch sizes?)")
     for name, o, n in pairs:

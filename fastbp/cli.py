@@ -27,6 +27,13 @@ def _positive(kind):
     return parse
 
 
+def _nonnegative_int(s):
+    v = int(s)
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"expected 0 or a positive integer, got {s}")
+    return v
+
+
 class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
     pass
 
@@ -88,6 +95,8 @@ def build_parser():
     b.add_argument("--threshold", type=_positive(float), default=0.10,
                    help="--compare: a figure slower by more than this fraction is a regression")
     b.add_argument("--no-scaling", action="store_true", help="skip the thread-scaling table")
+    b.add_argument("--predict-rows", type=_nonnegative_int, default=10_000,
+                   help="time Model.predict on this many rows vs PyTorch no_grad and JAX jit (0: skip)")
     b.add_argument("--epoch", action="store_true",
                    help="also time one Fashion-MNIST epoch vs PyTorch and JAX (own processes)")
     b.add_argument("--data-dir", default=None, help="folder with the Fashion-MNIST IDX files")
@@ -392,6 +401,9 @@ def cmd_bench(args):
     _distributed(args)     # refuses an MPI launch without --distributed
     res = bench.run(batch_sizes=args.batch_sizes, repeat=args.repeat, peers=not args.no_peers,
                     scaling=not args.no_scaling, epoch=args.epoch, data_dir=args.data_dir, out=sys.stdout)
+    if args.predict_rows:
+        res["predict"] = bench.predict(peers=not args.no_peers, repeat=args.repeat, out=sys.stdout,
+                                       precisions=("fp32", "bf16") if args.bf16 else ("fp32",), rows=args.predict_rows)
     if args.profile:
         res["profile"] = bench.profile([b for b in args.batch_sizes if b <= 2048], args.repeat, out=sys.stdout)
     if args.shared:

@@ -164,10 +164,17 @@ class Model:
         for s in range(0, X.shape[0], B):
             ws = self._borrow(min(B, X.shape[0] - s), training)
             try:
-                ws.x[...] = X[s:s + ws.N]
+                # C-contiguous (inputs.features): inference reads the rows in place, without a copy;
+                # training-mode programs may write their input, and a read-only array cannot enter
+                # the workspace's typed List of writable arrays: those are copied
+                rows = X[s:s + ws.N]
+                in_place = not training and rows.flags.writeable
+                if not in_place:
+                    ws.x[...] = rows
                 if y is not None:
                     ws.y[...] = y[s:s + ws.N]
-                v = self.plan.run(ws, kind, self.step_count, training=training, nt=nt, bf16_current=id(ws) in done)
+                v = self.plan.run(ws, kind, self.step_count, training=training, nt=nt, bf16_current=id(ws) in done,
+                                  x=rows if in_place else None)
                 done.add(id(ws))
                 yield s, ws, v
             finally:

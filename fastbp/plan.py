@@ -133,15 +133,23 @@ class Plan:
         return prog
 
     def run(self, ws, kind, t, lr=0.0, training=True, nt=1, optimizer=None, opt_state=None, count=True,
-            fuse=True, bf16_current=False):
+            fuse=True, bf16_current=False, x=None):
         """Run one program on the batch already in ``ws.x`` / ``ws.y``; returns the loss (or 0).
 
+        ``x``: read the batch from this (N, D0) C-contiguous array instead (no copy; 'forward' and
+        'evaluate' only: those programs never write their input).
         bf16: the workspace's bf16 weight copies are re-rounded unless ``bf16_current`` (the caller
         knows nothing but this workspace's own fused steps wrote the weights since its last run)."""
+        if x is not None and kind not in ("forward", "evaluate"):
+            raise ValueError(f"x: only 'forward' and 'evaluate' programs read their batch in place, not {kind!r}")
         bind_blas()
         if self.precision == "bf16" and not bf16_current:
             ws.bf16_ok[:] = 0
-        return self.program(ws, kind, optimizer, opt_state, count, fuse).run(ws, t, lr, training, nt)
+        prog = self.program(ws, kind, optimizer, opt_state, count, fuse)
+        if x is None:
+            return prog.run(ws, t, lr, training, nt)
+        with ws.reading(x):
+            return prog.run(ws, t, lr, training, nt)
 
 
 def _optimizer_key(opt):

@@ -103,6 +103,19 @@ def _append(lst, a):
     lst.append(a)
 
 
+@jit
+def _setitem(lst, i, a):
+    lst[i] = a
+
+
+def set_item(lst, i, a):
+    """``lst[i] = a`` for a typed List of arrays through a cached jitted call (see typed_list)."""
+    if JIT_DISABLED:
+        lst[i] = a
+    else:
+        _setitem(lst, i, a)
+
+
 def typed_list(items, item_type=None):
     """A numba typed List (a plain list in pure-Python mode).
 
@@ -168,6 +181,7 @@ def prepare_runner(dtype):
     for it in items:
         _list_of.compile((it,))
         _append.compile((types.ListType(it), it))
+    _setitem.compile((types.ListType(f[:, ::1]), types.int64, f[:, ::1]))
     sig = entry_signature(dtype)
     run_program.compile((types.ListType(items[-1]), types.ListType(types.int64[::1]),
                          types.ListType(types.float64[::1])) + tuple(sig.args[:4]) + tuple(sig.args[6:]))

@@ -7,7 +7,7 @@ batch size; inference takes one from a pool for the duration of the call, so con
 import numpy as np
 
 from .kernels.validate import max_threads
-from .program import typed_list
+from .program import set_item, typed_list
 
 ALIGN = 64   # bytes: a cache line and an AVX-512 register; numpy itself only guarantees 16
 
@@ -76,6 +76,11 @@ class Workspace:
             self._finished = False
         return self._ids[key][0]
 
+    def reading(self, x):
+        """Context: the programs read the batch from ``x`` (N, D0), C-contiguous of this dtype, in
+        place of ``self.x`` (inference without copying the caller's rows); ``self.x`` after."""
+        return _Reading(self, x)
+
     def finish(self):
         """Freeze the registered arrays into typed Lists (again whenever slot() added one)."""
         if self._finished:
@@ -86,3 +91,23 @@ class Workspace:
         self.af = typed_list([self.partial, self.stats])
         self._finished = True
         return self
+
+
+class _Reading:
+    def __init__(self, ws, x):
+        self.ws, self.x = ws, x
+
+    def __enter__(self):
+        ws = self.ws
+        if self.x.shape != ws.x.shape or self.x.dtype != ws.x.dtype or not self.x.flags.c_contiguous:
+            raise ValueError(f"x: expected a C-contiguous {ws.x.dtype} array of shape {ws.x.shape}, got "
+                             f"{self.x.dtype} {self.x.shape}")
+        ws.finish()
+        self.slot = ws._ids[id(ws.x)][0] if id(ws.x) in ws._ids else None
+        if self.slot is not None:
+            set_item(ws.a2, self.slot, self.x)
+        return ws
+
+    def __exit__(self, *exc):
+        if self.slot is not None:
+            set_item(self.ws.a2, self.slot, self.ws.x)

@@ -297,3 +297,42 @@ def test_checkpoint_with_the_zip_encryption_flag_set_is_a_clear_error(tmp_path):
     with pytest.raises(ValueError, match=r"enc.npz: not a valid fastbp checkpoint \(RuntimeError"):
         Model.load(bad)
     assert np.isfinite(Model.load(path).params).all()
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_inference_reads_rows_in_place_with_the_same_bits_as_a_copy(rng, dtype):
+    m = Model([Dense(16, "tanh"), Dense(3)], input_dim=9, dtype=dtype, seed=2)
+    X = rng.standard_normal((45, 9)).astype(dtype)
+    y = rng.integers(0, 3, 45)
+    ws = m.plan.borrow(16)
+    m.plan.give_back(ws)
+    p = m.predict_proba(X, batch_size=16)                      # in place (writable, C-contiguous)
+    ro = X.copy()
+    ro.setflags(write=False)
+    assert np.array_equal(p, m.predict_proba(ro, batch_size=16))          # copied into the workspace
+    copied = np.empty_like(p)
+    for s in range(0, 45, 16):                                 # the copying path, by hand
+        w = m.plan.borrow(min(16, 45 - s))
+        w.x[...] = X[s:s + w.N]
+        m.plan.run(w, "forward", 0, training=False, nt=2)
+        copied[s:s + w.N] = w.outs[-1]
+        m.plan.give_back(w)
+    assert np.array_equal(m.forward(X, batch_size=16), copied)
+    assert m.evaluate(X, y, batch_size=16) == m.evaluate(ro, y, batch_size=16)
+    w = m.plan.borrow(16)                                     # the workspace reads its own x again
+    w.x[...] = X[:16]
+    m.plan.run(w, "forward", 0, training=False, nt=2)
+    assert np.array_equal(w.outs[-1], copied[:16])
+    m.plan.give_back(w)
+
+
+def test_run_in_place_refuses_training_programs_and_wrong_arrays(rng):
+    m = Model([Dense(4), Dense(3)], input_dim=5)
+    m.predict(np.zeros((8, 5), np.float32))
+    ws = m.plan.borrow(8)
+    with pytest.raises(ValueError, match="x: only 'forward' and 'evaluate'"):
+        m.plan.run(ws, "train", 1, 0.1, True, 1, m.optimizer, m.opt_state, x=np.zeros((8, 5), np.float32))
+    with pytest.raises(ValueError, match=r"x: expected a C-contiguous float32 array of shape \(8, 5\)"):
+        m.plan.run(ws, "forward", 0, training=False, x=np.zeros((8, 5), np.float64))
+    with pytest.raises(ValueError, match="x: expected"):
+        m.plan.run(ws, "forward", 0, training=False, x=np.zeros((5, 8), np.float32).T)
