@@ -101,25 +101,31 @@ for _ in range(repeat):
 print(json.dumps({"samples": ts, "threads": torch.get_num_threads()}))
 """
 
-_JAX_SCRIPT = r"""
-import json, os, sys, time
-B, repeat, threads = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
-cpus = sorted(os.sched_getaffinity(0))[:threads]
-os.sched_setaffinity(0, cpus)          # XLA's CPU pool follows the cores this process may use
+_JAX_MLP = r"""
 import jax, jax.numpy as jnp
-import numpy as np
-rng = np.random.default_rng(0)
 sizes = (784, 512, 512, 10)
 params = [(jnp.asarray((rng.standard_normal((d, f)) / np.sqrt(d)).astype(np.float32)), jnp.zeros(f, jnp.float32))
           for d, f in zip(sizes[:-1], sizes[1:])]
-X = jnp.asarray(rng.random((B, 784), dtype=np.float32)); y = jnp.asarray(rng.integers(0, 10, B))
-def loss(ps, X, y):
+def logits(ps, X):
     h = X
     for i, (W, b) in enumerate(ps):
         h = h @ W + b
         if i < len(ps) - 1:
             h = jnp.tanh(h)
-    return -jnp.mean(jax.nn.log_softmax(h)[jnp.arange(h.shape[0]), y])
+    return h
+def loss(ps, X, y):
+    return -jnp.mean(jax.nn.log_softmax(logits(ps, X))[jnp.arange(X.shape[0]), y])
+"""
+
+_JAX_SCRIPT = r"""
+import json, os, sys, time
+B, repeat, threads = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+cpus = sorted(os.sched_getaffinity(0))[:threads]
+os.sched_setaffinity(0, cpus)          # XLA's CPU pool follows the cores this process may use
+import numpy as np
+rng = np.random.default_rng(0)
+""" + _JAX_MLP + r"""
+X = jnp.asarray(rng.random((B, 784), dtype=np.float32)); y = jnp.asarray(rng.integers(0, 10, B))
 @jax.jit
 def step(ps, X, y):
     g = jax.grad(loss)(ps, X, y)
@@ -177,20 +183,12 @@ _JAX_PREDICT_SCRIPT = r"""
 import os, sys
 os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[:int(sys.argv[3])])
 """ + _PREDICT_PEER_COMMON + r"""
-import jax, jax.numpy as jnp
-sizes = (784, 512, 512, 10)
-ps = [(jnp.asarray((rng.standard_normal((d, f)) / np.sqrt(d)).astype(np.float32)), jnp.zeros(f, jnp.float32))
-      for d, f in zip(sizes[:-1], sizes[1:])]
+""" + _JAX_MLP + r"""
 @jax.jit
 def labels(ps, X):
-    h = X
-    for i, (W, b) in enumerate(ps):
-        h = h @ W + b
-        if i < len(ps) - 1:
-            h = jnp.tanh(h)
-    return jnp.argmax(jax.nn.softmax(h), axis=1)
+    return jnp.argmax(jax.nn.softmax(logits(ps, X)), axis=1)
 def predict():                      # from a numpy array to numpy labels, like the others
-    return np.asarray(labels(ps, X))
+    return np.asarray(labels(params, X))
 print(json.dumps({"samples": timed(predict)}))
 """
 
@@ -520,21 +518,12 @@ _JAX_EPOCH_SCRIPT = r"""
 import json, os, sys, time
 threads = int(sys.argv[2])
 os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[:threads])   # XLA's pool follows the allowed cores
-import numpy as np, jax, jax.numpy as jnp
+import numpy as np
 from fastbp import data
 (X, y), _ = data.load_fashion_mnist(sys.argv[1] or None)
 rng = np.random.default_rng(0)
-sizes = (784, 512, 512, 10)
-params = [(jnp.asarray((rng.uniform(-1, 1, (d, f)) / np.sqrt(d)).astype(np.float32)), jnp.zeros(f, jnp.float32))
-          for d, f in zip(sizes[:-1], sizes[1:])]
+""" + _JAX_MLP + r"""
 Xd, yd = jnp.asarray(X), jnp.asarray(y.astype(np.int32))     # the data on the device once, like fastbp's arrays
-def loss(ps, X, y):
-    h = X
-    for i, (W, b) in enumerate(ps):
-        h = h @ W + b
-        if i < len(ps) - 1:
-            h = jnp.tanh(h)
-    return -jnp.mean(jax.nn.log_softmax(h)[jnp.arange(h.shape[0]), y])
 @jax.jit
 def step(ps, idx):                                           # the batch is gathered inside the jitted step
     g = jax.grad(loss)(ps, Xd[idx], yd[idx])
