@@ -106,6 +106,8 @@ class _Reading:
         self.slot = ws._ids[id(ws.x)][0] if id(ws.x) in ws._ids else None
         if self.slot is not None:
             set_item(ws.a2, self.slot, self.x)
+        else:                      # no program has registered ws.x yet: copy, never read stale rows
+            ws.x[...] = self.x
         return ws
 
     def __exit__(self, *exc):
