@@ -301,6 +301,7 @@ def test_checkpoint_with_the_zip_encryption_flag_set_is_a_clear_error(tmp_path):
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_inference_reads_rows_in_place_with_the_same_bits_as_a_copy(rng, dtype):
+    from fastbp import get_num_threads  # the chunks predict uses (other tests may change it)
     m = Model([Dense(16, "tanh"), Dense(3)], input_dim=9, dtype=dtype, seed=2)
     X = rng.standard_normal((45, 9)).astype(dtype)
     y = rng.integers(0, 3, 45)
@@ -314,14 +315,14 @@ def test_inference_reads_rows_in_place_with_the_same_bits_as_a_copy(rng, dtype):
     for s in range(0, 45, 16):                                 # the copying path, by hand
         w = m.plan.borrow(min(16, 45 - s))
         w.x[...] = X[s:s + w.N]
-        m.plan.run(w, "forward", 0, training=False, nt=2)
+        m.plan.run(w, "forward", 0, training=False, nt=get_num_threads())
         copied[s:s + w.N] = w.outs[-1]
         m.plan.give_back(w)
     assert np.array_equal(m.forward(X, batch_size=16), copied)
     assert m.evaluate(X, y, batch_size=16) == m.evaluate(ro, y, batch_size=16)
     w = m.plan.borrow(16)                                     # the workspace reads its own x again
     w.x[...] = X[:16]
-    m.plan.run(w, "forward", 0, training=False, nt=2)
+    m.plan.run(w, "forward", 0, training=False, nt=get_num_threads())
     assert np.array_equal(w.outs[-1], copied[:16])
     m.plan.give_back(w)
 
