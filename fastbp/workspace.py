@@ -104,9 +104,10 @@ class _Reading:
                              f"{self.x.dtype} {self.x.shape}")
         ws.finish()
         self.slot = ws._ids[id(ws.x)][0] if id(ws.x) in ws._ids else None
-        if self.slot is not None:
+        if self.slot is not None and self.x.flags.writeable:
             set_item(ws.a2, self.slot, self.x)
-        else:                      # no program has registered ws.x yet: copy, never read stale rows
+        else:   # no program registered ws.x yet, or x is read-only (not a List item type): copy it
+            self.slot = None
             ws.x[...] = self.x
         return ws
 

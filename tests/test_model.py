@@ -337,3 +337,8 @@ def test_run_in_place_refuses_training_programs_and_wrong_arrays(rng):
         m.plan.run(ws, "forward", 0, training=False, x=np.zeros((8, 5), np.float64))
     with pytest.raises(ValueError, match="x: expected"):
         m.plan.run(ws, "forward", 0, training=False, x=np.zeros((5, 8), np.float32).T)
+    ro = rng.standard_normal((8, 5)).astype(np.float32)
+    ro.setflags(write=False)                                   # read-only: copied, no type-safety warning
+    from fastbp import get_num_threads
+    m.plan.run(ws, "forward", 0, training=False, nt=get_num_threads(), x=ro)
+    assert np.array_equal(ws.outs[-1], m.forward(ro.copy(), batch_size=8))
