@@ -6,7 +6,8 @@ out / y / dout / dz (N, F), dx (N, D), dW like W, db like b.  All C-contiguous, 
     forward:   out = act(x @ W + b)
     backward:  dz = dout * act'(y);  dW = x^T dz;  db = sum_n dz;  dx = dz W^T
 
-Parallel layout: one parallel region per call (two for a narrow layer's backward).  GEMMs are cut into per-thread
+Parallel layout: one parallel region per call (two for the small-batch forward cut along D
+and for a narrow layer's backward).  GEMMs are cut into per-thread
 blocks, each one sequential BLAS call followed by the fused elementwise work while
 the block is in cache.  Backward: rows of W (each thread owns its rows of dW).
 Forward: columns of W, or rows of x when the output is narrow (F < NARROW_COLS per
