@@ -199,10 +199,6 @@ PREDICT_ROWS = 10_000
 def predict(peers=True, repeat=7, out=None, precisions=("fp32",), rows=PREDICT_ROWS):
     """``Model.predict`` on ``rows`` rows (the 784-512-512-10 tanh MLP, labels out), fastbp in this
     process, PyTorch (eager, ``no_grad``) and JAX (jit) in their own, same threads; medians."""
-    import json
-    import subprocess
-    import sys
-
     import fastbp
     say = (lambda s: print(s, file=out, flush=True)) if out is not None else (lambda s: None)
     nt = fastbp.get_num_threads()
@@ -225,10 +221,9 @@ def predict(peers=True, repeat=7, out=None, precisions=("fp32",), rows=PREDICT_R
             samples.append(time.perf_counter() - t)
         res[f"fastbp_{prec}_ms"] = statistics.median(samples) * 1e3
     for p in ([q for q in peers_available() if q in PREDICT_PEER_SCRIPTS] if peers else []):
-        r = subprocess.run([sys.executable, "-c", PREDICT_PEER_SCRIPTS[p], str(rows), str(repeat), str(nt)],
-                           capture_output=True, text=True, timeout=900)
-        if r.returncode == 0:
-            res[f"{p}_ms"] = statistics.median(json.loads(r.stdout.strip().splitlines()[-1])["samples"]) * 1e3
+        samples = _peer_in_subprocess(p, rows, repeat, nt, PREDICT_PEER_SCRIPTS)
+        if samples is not None:
+            res[f"{p}_ms"] = statistics.median(samples) * 1e3
     line = f"\npredict on {rows:,} rows (labels; {nt} threads; median of {repeat}):"
     for prec in precisions:
         if f"fastbp_{prec}_ms" in res:
@@ -250,13 +245,14 @@ def peers_available():
     return [p for p in PEER_SCRIPTS if importlib.util.find_spec(p) is not None]
 
 
-def _peer_in_subprocess(peer, B, repeat, threads):
-    """A peer's step timed in its own process (samples in seconds, or None): in ours its thread
-    pool and numba's would spin against each other and we would measure that contention."""
+def _peer_in_subprocess(peer, B, repeat, threads, scripts=None):
+    """A peer's step (or, with ``scripts=PREDICT_PEER_SCRIPTS``, its predict on B rows) timed in
+    its own process (samples in seconds, or None): in ours its thread pool and numba's would spin
+    against each other and we would measure that contention."""
     import json
     import subprocess
     import sys
-    r = subprocess.run([sys.executable, "-c", PEER_SCRIPTS[peer], str(B), str(repeat), str(threads)],
+    r = subprocess.run([sys.executable, "-c", (scripts or PEER_SCRIPTS)[peer], str(B), str(repeat), str(threads)],
                        capture_output=True, text=True, timeout=900)
     if r.returncode != 0:
         return None
