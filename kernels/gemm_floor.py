@@ -8,7 +8,7 @@ from numba import prange
 from ._blas import forward_rows_from, gemm
 from ._jit import jit
 from ._parallel import split
-from .dense import forward_by_k, forward_by_rows
+from .dense import NARROW_COLS, forward_by_k, forward_by_rows
 
 
 @jit
@@ -37,10 +37,16 @@ def _fwd(out, x, W, nchunks, rows_from, partial):
 
 @jit(parallel=True)
 def _bwd(dx, dW, dz, x, W, want_dx, nchunks):
+    N, F = dz.shape
     D = W.shape[0]
+    dx_by_rows = want_dx and F < NARROW_COLS * nchunks      # as dense_backward_launch
+    if dx_by_rows:
+        for c in prange(nchunks):
+            r0, r1 = split(N, nchunks, c)
+            gemm(dx[r0:r1], dz[r0:r1], W, False, True, 1.0, 0.0)
     for c in prange(nchunks):
         d0, d1 = split(D, nchunks, c)
-        if want_dx:
+        if want_dx and not dx_by_rows:
             gemm(dx[:, d0:d1], dz, W[d0:d1], False, True, 1.0, 0.0)
         gemm(dW[d0:d1], x[:, d0:d1], dz, True, False, 1.0, 0.0)
 
