@@ -1,6 +1,7 @@
 """One thread domain: numba's.  BLAS is always called single-threaded from inside
 numba's parallel regions (see kernels/_blas.py), so one number governs both."""
 import os
+import threading
 import time
 from contextlib import contextmanager
 
@@ -77,6 +78,27 @@ def pinned(n):
 
 def get_num_threads():
     return numba.get_num_threads()
+
+
+_chunks = threading.local()    # per calling thread, as numba's own thread count is
+
+
+def chunk_count():
+    """How many chunks the kernels cut their work into: the count a running ``fit`` fixed at its
+    start (the governor may run fewer threads meanwhile; validation and callbacks' predictions
+    inside the fit must not change with it), else the calling thread's thread count."""
+    return getattr(_chunks, "n", None) or numba.get_num_threads()
+
+
+@contextmanager
+def fixed_chunks(n):
+    """Inside the block, ``chunk_count()`` is ``n`` whatever the thread count becomes."""
+    old = getattr(_chunks, "n", None)
+    _chunks.n = int(n)
+    try:
+        yield
+    finally:
+        _chunks.n = old
 
 
 def threading_info():

@@ -13,7 +13,7 @@ import numpy as np
 from . import checkpoint, inputs
 from . import layers as L
 from . import losses as LS
-from ._threads import get_num_threads
+from ._threads import chunk_count
 from .plan import Plan
 
 
@@ -139,7 +139,7 @@ class Model:
         try:
             ws.x[...] = X
             ws.y[...] = y
-            loss = self.plan.run(ws, "grads", t, training=training, nt=get_num_threads())
+            loss = self.plan.run(ws, "grads", t, training=training, nt=chunk_count())
         finally:
             self.plan.give_back(ws)
         return loss, self.plan.grads
@@ -159,7 +159,7 @@ class Model:
         training = training and self.plan.stochastic
         if training:
             B = X.shape[0]
-        nt = get_num_threads()
+        nt = chunk_count()
         done = set()   # workspaces whose bf16 weight copies this call has made current
         for s in range(0, X.shape[0], B):
             ws = self._borrow(min(B, X.shape[0] - s), training)

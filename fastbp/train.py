@@ -20,7 +20,7 @@ import numpy as np
 
 from . import inputs
 from . import optim as O
-from ._threads import Governor, adaptive, get_num_threads
+from ._threads import Governor, adaptive, chunk_count, fixed_chunks
 from .kernels import count_nonfinite
 from .program import compile_seconds
 
@@ -271,7 +271,7 @@ def _fit(model, X, y, epochs, batch_size, lr, optimizer, shuffle, seed, validati
         bounds = _batch_bounds(n, B, per_batch)
         if n < per_batch:
             raise ValueError(f"X: BatchNorm in training needs at least {plan.min_train_rows} rows, got {n}")
-    nt = get_num_threads()     # chunks per kernel for the whole fit, whichever threads run them
+    nt = chunk_count()     # chunks per kernel for the whole fit (validation too), whichever threads run them
     gov = Governor(compiling=compile_seconds) if comm is None and nt > 1 and adaptive() else contextlib.nullcontext()
     model.train()
     model.stop_training = False
@@ -280,6 +280,8 @@ def _fit(model, X, y, epochs, batch_size, lr, optimizer, shuffle, seed, validati
     for cb in cbs:
         cb.on_train_begin(model, {"epochs": end_epoch - start_epoch})
     last_ws = None
+    fixed = contextlib.ExitStack()
+    fixed.enter_context(fixed_chunks(nt))
     try:
         for epoch in range(start_epoch, end_epoch):
             if stream:
@@ -361,6 +363,7 @@ def _fit(model, X, y, epochs, batch_size, lr, optimizer, shuffle, seed, validati
             if model.stop_training:
                 break
     finally:
+        fixed.close()
         if isinstance(gov, Governor):
             gov.close()
             model.thread_changes = gov.changes     # (window, threads) each time the governor acted
@@ -393,7 +396,7 @@ def train_on_batch(model, X, y, lr=None, optimizer=None):
     ws.x[...] = X
     ws.y[...] = y
     model.step_count += 1
-    loss = plan.run(ws, "train", model.step_count, model.optimizer.lr, True, get_num_threads(), model.optimizer,
+    loss = plan.run(ws, "train", model.step_count, model.optimizer.lr, True, chunk_count(), model.optimizer,
                     model.opt_state, fuse=True)
     if not math.isfinite(loss):
         raise FloatingPointError(f"training diverged: loss is {loss} at step {model.step_count}; lower lr "

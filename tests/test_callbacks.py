@@ -139,3 +139,31 @@ def test_verbose_prints_one_plain_line_per_epoch_off_a_terminal(blobs, capsys):
     lines = [l for l in out.splitlines() if l.startswith("epoch ")]
     assert len(lines) == 3 and "val_accuracy" in lines[0]
     assert "\r" not in out + err
+
+
+def test_validation_inside_fit_keeps_the_fits_chunk_count_when_threads_change(rng):
+    # the governor may run fewer threads mid-fit; validation (60 rows: the D-cut forward, whose
+    # partial sums depend on the chunk count) must still cut as the fit does, so a fit whose
+    # thread count drops after every batch reports the same val_loss, bit for bit
+    import numba
+    if numba.config.NUMBA_NUM_THREADS < 2:
+        pytest.skip("needs a pool of 2 threads")
+    X = rng.standard_normal((300, 160)).astype(np.float32)
+    y = (X[:, 0] + 0.5 * X[:, 1] > 0).astype(np.int64)
+    before = numba.get_num_threads()
+
+    def wide():     # 64 outputs from 160 inputs: wide and deep enough for the D cut below 128 rows
+        return Model([Dense(64, "tanh"), Dense(2)], seed=0)
+
+    def drop(model, t, logs):
+        numba.set_num_threads(1)
+
+    try:
+        numba.set_num_threads(2)
+        plain = wide().fit(X, y, epochs=2, validation_split=0.2, seed=3)
+        numba.set_num_threads(2)
+        dropped = wide().fit(X, y, epochs=2, validation_split=0.2, seed=3,
+                            callbacks=[C.LambdaCallback(on_batch_end=drop)])
+    finally:
+        numba.set_num_threads(before)
+    assert dropped["val_loss"] == plain["val_loss"]
