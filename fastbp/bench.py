@@ -49,12 +49,9 @@ def _gemm_floor_steps(B, rng):
     path (per-thread blocks in one numba parallel region per layer, as the kernels call them)."""
     from numba import get_num_threads
 
-    from fastbp.kernels.gemm_floor import gemm_only_step
-    X = rng.random((B, 784), dtype=np.float32)
-    W = [(rng.standard_normal((d, f)) / np.sqrt(d)).astype(np.float32) for d, f in zip(SIZES[:-1], SIZES[1:])]
-    H = [np.zeros((B, f), np.float32) for f in SIZES[1:]]
-    G = [(rng.standard_normal((B, f)) * 1e-2).astype(np.float32) for f in SIZES[1:]]
-    dW = [np.empty_like(w) for w in W]
+    from fastbp.kernels.gemm_floor import floor_operands, gemm_only_step
+    ops = floor_operands(B, get_num_threads(), rng)
+    X, W, H, G, dW = ops[0], ops[1:4], ops[4:7], ops[7:10], ops[10:13]
 
     def numpy_gemms():
         np.dot(X, W[0], out=H[0])
@@ -65,11 +62,9 @@ def _gemm_floor_steps(B, rng):
         np.dot(H[0].T, G[1], out=dW[1])
         np.dot(G[1], W[1].T, out=G[0])
         np.dot(X.T, G[0], out=dW[0])
-    nt = get_num_threads()
-    P = [np.empty((nt * B, f), np.float32) for f in SIZES[1:]]
 
     def fastbp_gemms():
-        gemm_only_step(X, W[0], W[1], W[2], H[0], H[1], H[2], G[0], G[1], G[2], dW[0], dW[1], dW[2], nt, P)
+        gemm_only_step(*ops)
     return numpy_gemms, fastbp_gemms
 
 

@@ -302,16 +302,91 @@ def _remember(key, pick):
         pass
 
 
-def _measure_choice(shims, key):
-    """The fastest of the float32 ``shims`` on this machine (geometric mean over the block shapes
-    of each one's time relative to the first), remembered under ``key`` in CHOICE_FILE."""
+#: batch sizes at which the choice times a step's GEMMs (784-512-512-10 MLP, kernels/gemm_floor.py)
+_CHOICE_BATCHES = (32, 128, 512)
+
+
+def _time_floors(addrs, nt, rounds=7):
+    """{name: [best seconds per batch in _CHOICE_BATCHES]}: the step's GEMMs as the kernels cut
+    them (``gemm_only_step``) on ``nt`` numba threads, each backend's shims swapped into the table
+    in turn, round-robin (a load burst then hits every backend alike)."""
+    import time
+
+    import numba
+
+    from .gemm_floor import floor_operands, gemm_only_step
+    numba.set_num_threads(max(1, min(nt, numba.config.NUMBA_NUM_THREADS)))
+    rng = np.random.default_rng(0)
+    best = {k: [float("inf")] * len(_CHOICE_BATCHES) for k in addrs}
+    for i, B in enumerate(_CHOICE_BATCHES):
+        ops = floor_operands(B, nt, rng)
+        first = 0.0
+        for name, a in addrs.items():        # compile / load, first touch
+            _SLOTS[0], _SLOTS[1] = a
+            gemm_only_step(*ops, rows_from=FORWARD_ROWS_FROM[name])
+            t = time.perf_counter()
+            gemm_only_step(*ops, rows_from=FORWARD_ROWS_FROM[name])
+            first = max(first, time.perf_counter() - t)
+        reps = max(1, int(0.01 / max(first, 1e-6)))
+        for _ in range(rounds):
+            for name, a in addrs.items():
+                _SLOTS[0], _SLOTS[1] = a
+                t = time.perf_counter()
+                for _ in range(reps):
+                    gemm_only_step(*ops, rows_from=FORWARD_ROWS_FROM[name])
+                best[name][i] = min(best[name][i], (time.perf_counter() - t) / reps)
+    return best
+
+
+def _choice_worker(argv):
+    """``python -c ... nt name...``: time the named backends' step GEMMs here (a fresh process, so
+    the caller's own threads stay idle meanwhile) and print {name: [seconds]} as JSON."""
+    import json
+    nt, names = int(argv[0]), argv[1:]
+    _, addrs = _load_candidates(names, "auto")
+    print(json.dumps(_time_floors(addrs, nt)), flush=True)
+
+
+def _floors_in_subprocess(names):
+    """``_time_floors`` for ``names`` on this process's thread count, in a child process; None
+    when the child cannot run or fails (the caller then times serial blocks instead)."""
+    import json
+    import subprocess
+
+    import numba
+    code = "import sys; from fastbp.kernels._blas import _choice_worker; _choice_worker(sys.argv[1:])"
+    env = dict(os.environ, FASTBP_BLAS="auto")
+    try:
+        r = subprocess.run([sys.executable, "-c", code, str(numba.get_num_threads()), *names],
+                           capture_output=True, text=True, timeout=600, env=env)
+        out = json.loads(r.stdout.strip().splitlines()[-1]) if r.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError, ValueError, IndexError):
+        return None
+    if not isinstance(out, dict) or set(out) != set(names):
+        return None
+    return out
+
+
+def _measure_choice(addrs, key, parallel=True):
+    """The fastest of the backends ``{name: [f32, f64 shim]}`` on this machine (geometric mean over
+    the timed cases of each one's time relative to the first), remembered under ``key``.
+
+    Timed as a step's GEMMs on numba's threads in a child process (``_floors_in_subprocess``):
+    per-block serial timings did not predict the threaded step (AMD EPYC VM: MKL fastest per
+    block, OpenBLAS 10-13% faster in the step).  Serial blocks (``_time_shims``) are the fallback,
+    and the only way when binding from inside a kernel (``parallel=False``: the child would time
+    against this process's spinning threads)."""
     global CHOICE
-    best = _time_shims(shims)
-    names = sorted(shims)
+    best = _floors_in_subprocess(sorted(addrs)) if parallel else None
+    timing = f"a step's GEMMs at batch {', '.join(map(str, _CHOICE_BATCHES))} on numba's threads"
+    if best is None:
+        best = _time_shims({k: v[0] for k, v in addrs.items()})
+        timing = "per-thread GEMM blocks, serially"
+    names = sorted(best)
     ref = np.array(best[names[0]])
     score = {k: float(np.exp(np.mean(np.log(np.array(best[k]) / ref)))) for k in names}
     pick = min(names, key=lambda k: score[k])
-    CHOICE = {"how": "measured", "file": _choice_path(), "backend": pick,
+    CHOICE = {"how": "measured", "timing": timing, "file": _choice_path(), "backend": pick,
               "relative": {k: score[k] / score[pick] for k in names},
               "ms": {k: [round(v * 1e3, 4) for v in best[k]] for k in names}}
     if key:
@@ -335,7 +410,47 @@ def bound():
     return BACKEND is not None
 
 
-def bind():
+def _load_candidates(candidates, want):
+    """Load each of ``candidates`` (dropping BLIS when it cannot load and was not asked for) and
+    compile its shims: ({backend: (shim, library path, BLIS kernel set)}, {backend: [f32, f64 shim
+    addresses]})."""
+    import llvmlite.binding as llvm
+    from numba import cfunc
+    candidates = list(candidates)
+    bound = {}     # backend -> (shim, library path, BLIS kernel set)
+    if "blis" in candidates:
+        try:
+            bs, bd, cntx, path, kernels = _load_blis()
+        except (ImportError, OSError, AttributeError) as e:
+            if want == "blis":
+                raise OSError(f"FASTBP_BLAS=blis: {e}") from None
+            candidates.remove("blis")
+        else:
+            llvm.add_symbol("fastbp_bli_sgemm_ex", bs)
+            llvm.add_symbol("fastbp_bli_dgemm_ex", bd)
+            llvm.add_symbol("fastbp_blis_cntx", cntx)
+            bound["blis"] = (_blis_shim, path, kernels)
+    if "openblas" in candidates:
+        s, d, path, _ = _load_openblas()
+        llvm.add_symbol("fastbp_f77_sgemm", s)
+        llvm.add_symbol("fastbp_f77_dgemm", d)
+        bound["openblas"] = (_f77_shim, path, None)
+    if "mkl" in candidates:
+        s, d, path, _ = _load_mkl()
+        llvm.add_symbol("fastbp_mkl_sgemm", s)
+        llvm.add_symbol("fastbp_mkl_dgemm", d)
+        bound["mkl"] = (_mkl_shim, path, None)
+    addrs = {}
+    for name, (shim, _, _) in bound.items():
+        addrs[name] = []
+        for ft in (types.float32, types.float64):
+            c = cfunc(_shim_sig(ft), **_SHIM_OPTS)(shim)
+            _KEEP.append(c)
+            addrs[name].append(c.address)
+    return bound, addrs
+
+
+def bind(_in_kernel=False):
     """Bind the GEMM table to the backend chosen by ``FASTBP_BLAS`` (once; later calls return at once).
 
     Returns the backend name.  Raises ``ValueError`` for a bad ``FASTBP_BLAS`` and ``OSError`` when
@@ -346,12 +461,9 @@ def bind():
     with _LOCK:
         if BACKEND is not None:
             return BACKEND
-        import llvmlite.binding as llvm
-        from numba import cfunc
         want = os.environ.get("FASTBP_BLAS", "auto").strip().lower()
         if want not in ("auto", "blis", "openblas", "mkl"):
             raise ValueError(f"FASTBP_BLAS must be 'auto', 'blis', 'openblas' or 'mkl', got {want!r}")
-        bound = {}     # backend -> (shim, library path, BLIS kernel set)
         candidates = [want]
         key = None
         if want == "auto":
@@ -360,40 +472,12 @@ def bind():
             known = _remembered(key) if key else None
             if known in candidates:
                 candidates = [known]
-        if "blis" in candidates:
-            try:
-                bs, bd, cntx, path, kernels = _load_blis()
-            except (ImportError, OSError, AttributeError) as e:
-                if want == "blis":
-                    raise OSError(f"FASTBP_BLAS=blis: {e}") from None
-                candidates.remove("blis")
-            else:
-                llvm.add_symbol("fastbp_bli_sgemm_ex", bs)
-                llvm.add_symbol("fastbp_bli_dgemm_ex", bd)
-                llvm.add_symbol("fastbp_blis_cntx", cntx)
-                bound["blis"] = (_blis_shim, path, kernels)
-        if "openblas" in candidates:
-            s, d, path, _ = _load_openblas()
-            llvm.add_symbol("fastbp_f77_sgemm", s)
-            llvm.add_symbol("fastbp_f77_dgemm", d)
-            bound["openblas"] = (_f77_shim, path, None)
-        if "mkl" in candidates:
-            s, d, path, _ = _load_mkl()
-            llvm.add_symbol("fastbp_mkl_sgemm", s)
-            llvm.add_symbol("fastbp_mkl_dgemm", d)
-            bound["mkl"] = (_mkl_shim, path, None)
-        addrs = {}
-        for name, (shim, _, _) in bound.items():
-            addrs[name] = []
-            for ft in (types.float32, types.float64):
-                c = cfunc(_shim_sig(ft), **_SHIM_OPTS)(shim)
-                _KEEP.append(c)
-                addrs[name].append(c.address)
+        bound, addrs = _load_candidates(candidates, want)
         if len(bound) > 1 and _under_launcher():   # ranks timing at once on shared cores could disagree
             backend = "blis" if "blis" in bound else "openblas"
             CHOICE = {"how": "default under an MPI launcher (no remembered choice)", "backend": backend}
         elif len(bound) > 1:
-            backend = _measure_choice({k: v[0] for k, v in addrs.items()}, key)
+            backend = _measure_choice(addrs, key, parallel=not _in_kernel)
         else:
             backend = next(iter(bound))
             if want == "auto" and CHOICE is None and len(candidates) == 1 and key:
@@ -410,7 +494,7 @@ def _binder(k):
 
     def first_call(*args):
         try:
-            bind()
+            bind(_in_kernel=True)
         except BaseException as e:   # cannot raise into jitted code: never return a garbage product
             sys.stderr.write(f"fastbp: binding BLAS failed inside a kernel: {type(e).__name__}: {e}\n")
             sys.stderr.flush()

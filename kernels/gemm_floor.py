@@ -3,6 +3,7 @@ the "GEMM floor" that ``fastbp bench`` compares a full step against.
 
 Shapes: X (N, 784), W0 (784, 512), W1 (512, 512), W2 (512, 10); H*, G* (N, F); dW* like W*.
 """
+import numpy as np
 from numba import prange
 
 from ._blas import forward_rows_from, gemm
@@ -51,10 +52,28 @@ def _bwd(dx, dW, dz, x, W, want_dx, nchunks):
         gemm(dW[d0:d1], x[:, d0:d1], dz, True, False, 1.0, 0.0)
 
 
-def gemm_only_step(X, W0, W1, W2, H0, H1, H2, G0, G1, G2, dW0, dW1, dW2, nchunks, partials):
+#: the MLP whose step the floor times (784-512-512-10)
+SIZES = (784, 512, 512, 10)
+
+
+def floor_operands(B, nchunks, rng):
+    """Arrays for ``gemm_only_step`` at batch ``B``: (X, W0, W1, W2, H0, H1, H2, G0, G1, G2, dW0,
+    dW1, dW2, nchunks, partials), random float32 with the step's shapes."""
+    X = rng.random((B, SIZES[0]), dtype=np.float32)
+    W = [(rng.standard_normal((d, f)) / np.sqrt(d)).astype(np.float32) for d, f in zip(SIZES[:-1], SIZES[1:])]
+    H = [np.zeros((B, f), np.float32) for f in SIZES[1:]]
+    G = [(rng.standard_normal((B, f)) * 1e-2).astype(np.float32) for f in SIZES[1:]]
+    dW = [np.empty_like(w) for w in W]
+    P = [np.empty((nchunks * B, f), np.float32) for f in SIZES[1:]]
+    return (X, *W, *H, *G, *dW, nchunks, P)
+
+
+def gemm_only_step(X, W0, W1, W2, H0, H1, H2, G0, G1, G2, dW0, dW1, dW2, nchunks, partials, rows_from=None):
     """The step's GEMMs cut as the dense kernels cut them; ``partials``: per layer (>= nchunks * N,
-    F) scratch for the forward cut along D (as ``dense_forward_ksplit_launch``)."""
-    rows_from = forward_rows_from()
+    F) scratch for the forward cut along D (as ``dense_forward_ksplit_launch``); ``rows_from``:
+    the forward's row-cut threshold (None: the bound backend's)."""
+    if rows_from is None:
+        rows_from = forward_rows_from()
     _fwd(H0, X, W0, nchunks, rows_from, partials[0])
     _fwd(H1, H0, W1, nchunks, rows_from, partials[1])
     _fwd(H2, H1, W2, nchunks, rows_from, partials[2])

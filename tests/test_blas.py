@@ -137,7 +137,9 @@ def test_auto_times_the_candidates_once_per_machine_and_remembers(tmp_path):
     first = _auto(tmp_path)
     assert first["choice"]["how"] == "measured" and set(first["choice"]["ms"]) == set(_available())
     rel = first["choice"]["relative"]
-    assert all(len(v) == 9 for v in first["choice"]["ms"].values())
+    # timed as a step's GEMMs on numba's threads (one figure per batch size), in a child process
+    assert "step's GEMMs" in first["choice"]["timing"]
+    assert all(len(v) == 3 and all(t > 0 for t in v) for v in first["choice"]["ms"].values())
     assert rel[first["backend"]] == 1.0 and min(rel.values()) == 1.0      # the fastest one
     path = tmp_path / "fastbp" / "blas-choice.json"
     assert list(json.loads(path.read_text()).values()) == [first["backend"]]
@@ -155,3 +157,24 @@ def test_auto_times_the_candidates_once_per_machine_and_remembers(tmp_path):
     ranks = _auto(tmp_path, PMI_SIZE="4")                                # MPI ranks: no timing race
     assert ranks["backend"] == ("blis" if "blis" in _available() else "openblas")
     assert "launcher" in ranks["choice"]["how"] and not path.exists()
+
+
+SERIAL_CHOICE = r"""
+import json
+from fastbp.kernels import _blas
+bound, addrs = _blas._load_candidates(%r, "auto")
+pick = _blas._measure_choice(addrs, None, parallel=False)
+print(json.dumps(_blas.CHOICE))
+"""
+
+
+@pytest.mark.skipif(len(_available()) < 2, reason="auto times only when there are several candidates")
+def test_choice_falls_back_to_serial_blocks_when_binding_inside_a_kernel():
+    # from inside a kernel the child would time against this process's spinning threads
+    r = subprocess.run([sys.executable, "-c", SERIAL_CHOICE % (sorted(_available()),)], capture_output=True,
+                       text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    import json
+    c = json.loads(r.stdout.strip().splitlines()[-1])
+    assert c["timing"] == "per-thread GEMM blocks, serially" and c["backend"] in _available()
+    assert all(len(v) == 9 for v in c["ms"].values()) and min(c["relative"].values()) == 1.0
