@@ -15,6 +15,7 @@ state (running statistics); the optimizer owns only its hyperparameters; the cal
 the optimizer state and passes it in.
 """
 import threading
+import warnings
 
 import numpy as np
 
@@ -36,6 +37,24 @@ def estimate_bytes(specs, input_dim, dtype, batch, optimizer_slots=2, eval_batch
     return np.dtype(dtype).itemsize * (P * (2 + optimizer_slots) + acts * (int(batch) + int(eval_batch)))
 
 
+#: precision='bf16' warns when MKL's bf16 GEMM is less than this much faster than its fp32 GEMM
+BF16_MIN_SPEEDUP = 1.2
+
+
+def _check_bf16():
+    """A clear error without the CPU instructions or MKL, before anything runs; a Bf16SlowWarning
+    where MKL's bf16 GEMM is not faster than fp32 (it runs its bf16 kernels on Intel CPUs only)."""
+    from .kernels import Bf16SlowWarning, bf16_speedup, bind_bf16
+    bind_bf16()
+    speed = bf16_speedup()
+    if speed is not None and speed < BF16_MIN_SPEEDUP:
+        from .kernels._blas import cpu_model
+        warnings.warn(Bf16SlowWarning(
+            f"precision='bf16': MKL's bf16 GEMM runs at {speed:.2f}x the speed of its fp32 GEMM on this CPU "
+            f"({cpu_model()}), so bf16 training will be slower than precision='fp32' here (MKL uses its "
+            f"AVX512_BF16/AMX kernels on Intel CPUs only)"), stacklevel=5)
+
+
 class Plan:
     """Everything compiled from (specs, loss, input_dim, dtype, seed)."""
 
@@ -45,8 +64,7 @@ class Plan:
         self.input_dim = int(input_dim)
         self.precision = precision
         if precision == "bf16":
-            from .kernels import bind_bf16
-            bind_bf16()          # a clear error without the CPU instructions or MKL, before anything runs
+            _check_bf16()
         self.ops = compile_specs(self.specs, self.input_dim)
         for op in self.ops:
             op.precision = precision

@@ -47,6 +47,8 @@ _EXPORTS = {
     "batchnorm_forward_launch": ("batchnorm", "batchnorm_forward_launch"),
     "bind_bf16": ("bf16", "bind_bf16"),
     "Bf16Unavailable": ("validate", "Bf16Unavailable"),
+    "Bf16SlowWarning": ("validate", "Bf16SlowWarning"),
+    "bf16_speedup": ("bf16", "bf16_speedup"),
     "bf16_store_shape": ("bf16", "store_shape"),
     "cpu_supports_bf16": ("bf16", "cpu_supports_bf16"),
     "dense_backward_bf16_launch": ("bf16", "dense_backward_bf16_launch"),

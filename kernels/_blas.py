@@ -126,16 +126,27 @@ def _load_mkl():
             None)
 
 
-def cpu_flags():
-    """The CPU's feature flags from /proc/cpuinfo (empty where it cannot be read)."""
+def _cpuinfo(field):
+    """The first ``field`` line's value in /proc/cpuinfo ("" where it cannot be read)."""
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
-                if line.startswith("flags"):
-                    return set(line.split(":", 1)[1].split())
+                if line.startswith(field):
+                    return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    return set()
+    return ""
+
+
+def cpu_flags():
+    """The CPU's feature flags from /proc/cpuinfo (empty where it cannot be read)."""
+    return set(_cpuinfo("flags").split())
+
+
+def cpu_model():
+    """The CPU's model name from /proc/cpuinfo, else the platform's processor string."""
+    import platform
+    return _cpuinfo("model name") or platform.processor() or "unknown CPU"
 
 
 def _cpu_has_avx512():

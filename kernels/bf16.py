@@ -32,8 +32,10 @@ from .validate import Bf16Unavailable
 
 SYMBOL = "fastbp_cblas_gemm_bf16bf16f32"
 BOUND = None          # path of the MKL library once bound
+SPEEDUP = None        # bf16_speedup()'s measurement, once per process
 _LOCK = threading.Lock()
 _KEEP = []
+_LIB = []             # the MKL library once bound
 
 
 def cpu_supports_bf16():
@@ -61,10 +63,46 @@ def bind_bf16():
         lib.MKL_Set_Threading_Layer(ctypes.c_int(1))   # MKL_THREADING_SEQUENTIAL: numba owns the threads
         fn = lib.cblas_gemm_bf16bf16f32
         _KEEP.append(lib)
+        _LIB.append(lib)
         import llvmlite.binding as llvm
         llvm.add_symbol(SYMBOL, ctypes.cast(fn, ctypes.c_void_p).value)
         BOUND = path
         return BOUND
+
+
+#: one per-thread block of a 784-512-512 step (rows, columns, depth)
+SPEEDUP_SHAPE = (256, 512, 784)
+
+
+def bf16_speedup(reps=5):
+    """How much faster MKL's bf16 GEMM is than its fp32 sgemm on this CPU: the ratio of their best
+    single-threaded times on one SPEEDUP_SHAPE block, interleaved (~20 ms, measured once per
+    process; None in pure-Python mode).  Why: MKL runs its AVX512_BF16/AMX kernels on Intel CPUs
+    only; on an AMD EPYC with AVX512_BF16 its bf16 GEMM ran at 0.98-1.00x the fp32 rate, so bf16
+    steps (which also round their operands) were slower than fp32."""
+    global SPEEDUP
+    if SPEEDUP is not None or JIT_DISABLED:
+        return SPEEDUP
+    bind_bf16()
+    import time
+    lib = _LIB[0]
+    m, n, k = SPEEDUP_SHAPE
+    rng = np.random.default_rng(0)
+    a, b = rng.random((m, k), dtype=np.float32), rng.random((k, n), dtype=np.float32)
+    a16, b16 = (a.view(np.uint32) >> 16).astype(np.uint16), (b.view(np.uint32) >> 16).astype(np.uint16)
+    c = np.empty((m, n), np.float32)
+    i, f, p = ctypes.c_int, ctypes.c_float, ctypes.c_void_p
+    sig = [i, i, i, i, i, i, f, p, i, p, i, f, p, i]
+    fp32, bf16 = lib.cblas_sgemm, lib.cblas_gemm_bf16bf16f32
+    fp32.argtypes = bf16.argtypes = sig
+    best = {}
+    for _ in range(reps + 1):       # the first round loads MKL's kernels
+        for name, fn, x, y in (("fp32", fp32, a, b), ("bf16", bf16, a16, b16)):
+            t = time.perf_counter()
+            fn(101, 111, 111, m, n, k, 1.0, x.ctypes.data, k, y.ctypes.data, n, 0.0, c.ctypes.data, n)
+            best[name] = min(best.get(name, float("inf")), time.perf_counter() - t)
+    SPEEDUP = best["fp32"] / best["bf16"]
+    return SPEEDUP
 
 
 if JIT_DISABLED:

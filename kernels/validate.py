@@ -79,3 +79,7 @@ def threads(nthreads, name="nthreads"):
 
 class Bf16Unavailable(RuntimeError):
     """precision='bf16' cannot run here: the CPU lacks the instructions or MKL is not installed."""
+
+
+class Bf16SlowWarning(RuntimeWarning):
+    """precision='bf16' runs here, but MKL's bf16 GEMM is not faster than fp32 on this CPU."""

@@ -19,6 +19,10 @@ def _usable():
         return False
 
 
+# where MKL's bf16 GEMM is not faster (non-Intel CPUs) every bf16 model warns; that warning's own
+# tests are below
+pytestmark = pytest.mark.filterwarnings("ignore::fastbp.kernels.validate.Bf16SlowWarning")
+
 needs_bf16 = pytest.mark.skipif(not _usable(), reason="needs AVX512_BF16/AMX and MKL (pip install 'fastbp[bf16]')")
 
 
@@ -211,3 +215,29 @@ def test_bf16_predictions_see_weights_written_from_python(rng):
     fresh = Model([Dense(8, "tanh"), Dense(2)], seed=0, precision="bf16", input_dim=6)
     fresh.load_state_dict(m.state_dict())
     np.testing.assert_array_equal(fresh.predict_proba(X), after)
+
+
+@needs_bf16
+@pytest.mark.parametrize("speedup, warns", [(0.98, True), (1.19, True), (1.2, False), (2.1, False)])
+def test_bf16_warns_where_its_gemm_is_not_faster_than_fp32(monkeypatch, speedup, warns):
+    import warnings
+
+    from fastbp.kernels import Bf16SlowWarning
+    monkeypatch.setattr(K, "SPEEDUP", speedup)
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        Model([Dense(4)], input_dim=3, precision="bf16")
+    slow = [w for w in seen if issubclass(w.category, Bf16SlowWarning)]
+    assert len(slow) == int(warns) and len(seen) == len(slow)
+    if warns:
+        msg = str(slow[0].message)
+        assert f"{speedup:.2f}x" in msg and "precision='fp32'" in msg
+        assert slow[0].filename == __file__                  # points at the caller's Model(...) line
+
+
+@needs_bf16
+def test_bf16_speedup_is_measured_once():
+    if JIT_DISABLED:
+        pytest.skip("MKL's GEMMs are timed with the JIT only")
+    s = K.bf16_speedup()
+    assert isinstance(s, float) and 0.05 < s < 50 and K.bf16_speedup() is s

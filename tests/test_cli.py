@@ -184,6 +184,7 @@ def test_compile_time_is_reported_apart_from_epoch_time(rng):
     assert h["compile_seconds"][1] == 0, "nothing new to compile in epoch 2"
 
 
+@pytest.mark.filterwarnings("ignore::fastbp.kernels.validate.Bf16SlowWarning")   # tested in test_bf16
 def test_train_precision_bf16_or_a_one_line_error(capsys, monkeypatch):
     from fastbp.kernels import JIT_DISABLED
     from fastbp.kernels import bf16 as K
