@@ -39,13 +39,17 @@ Backends (``FASTBP_BLAS`` = ``auto`` | ``blis`` | ``openblas`` | ``mkl``):
 
 ``auto``: the candidates are BLIS (on a CPU with AVX-512, when ``blis`` imports), SciPy's
 OpenBLAS, and MKL when PyPI ``mkl`` is installed (``fastbp[mkl]`` or ``fastbp[bf16]``).  With
-more than one, each is bound and timed once on the per-thread block shapes of a training step
-(``_measure_choice``) and the fastest is kept; the choice is remembered per machine and library
-build in ``blas-choice.json`` in fastbp's cache folder, so later processes do not time again.
+more than one, a child process binds them all and times a training step's GEMMs as the kernels
+cut them (``gemm_floor.gemm_only_step``, 784-512-512-10 at batch 32, 128 and 512) on numba's
+threads, swapping each backend's shims into the table in turn (``_time_floors``); the fastest by
+geometric mean is kept and remembered per machine and library build in ``blas-choice.json`` in
+fastbp's cache folder, so later processes do not time again (2.7 s once per machine; ~11 s when
+numba has not cached the floor kernels yet).  Timing single blocks serially (the fallback, and the
+only way when a kernel binds: ``_time_shims``) did not predict the threaded step: on an AMD EPYC
+VM it picked MKL, which ran the step 10-13% slower than OpenBLAS at batch 128 and 512.
 (Measured: BLIS skx was 1.7x faster than OpenBLAS on an AMD Zen 5 VM; on an Intel VM with
-AVX-512 and AMX, OpenBLAS beat BLIS by 1.36-1.39x per block and MKL made steps 1.2-1.45x faster
-than OpenBLAS.)  Ranks under an MPI launcher do not time (they would all at once): they use the
-remembered choice, else BLIS (else OpenBLAS).
+AVX-512 and AMX, MKL made steps 1.2-1.45x faster than OpenBLAS.)  Ranks under an MPI launcher do
+not time (they would all at once): they use the remembered choice, else BLIS (else OpenBLAS).
 
 Pure-Python mode (``NUMBA_DISABLE_JIT=1``): ``gemm`` is numpy's matmul; nothing is bound.
 """
@@ -369,7 +373,7 @@ def _floors_in_subprocess(names):
     env = dict(os.environ, FASTBP_BLAS="auto")
     try:
         r = subprocess.run([sys.executable, "-c", code, str(numba.get_num_threads()), *names],
-                           capture_output=True, text=True, timeout=600, env=env)
+                           stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=180, env=env)
         out = json.loads(r.stdout.strip().splitlines()[-1]) if r.returncode == 0 else None
     except (OSError, subprocess.SubprocessError, ValueError, IndexError):
         return None
