@@ -3,7 +3,8 @@ fastbp vs the numpy reference vs the GEMM floor vs PyTorch eager and JAX jit (wh
 ratios of one run, beside the machine's sgemm peak measured in the same run.
 
 Each contender is timed in ~50 ms blocks taken round-robin (``repeat`` blocks; min/median/max
-reported, median used for ratios).  Peers run in their own processes (see _peer_in_subprocess).
+reported, median used for ratios).  Peers run in their own processes, their blocks interleaved
+with fastbp's (see _Peer).
 The JSON carries the machine, CPU flags, versions, threads, BLAS and commit (``metadata``);
 ``compare`` reads an earlier JSON and flags regressions.
 """
@@ -80,6 +81,16 @@ def _gemm_floor_steps(B, rng):
     return numpy_gemms, fastbp_gemms
 
 
+# The tail of every peer script: after building and compiling, it prints one JSON line (its info)
+# and then times one block (``block()``: seconds per call) for every line it reads, so the driver
+# can interleave the peers' blocks with fastbp's block by block (``_measure``).
+_SERVE = r"""
+print(json.dumps(info), flush=True)
+for _ in sys.stdin:
+    warm()                          # one untimed call after the pause, as fastbp's blocks get
+    print(json.dumps(block()), flush=True)
+"""
+
 _TORCH_SCRIPT = r"""
 import json, statistics, sys, time
 import torch
@@ -99,14 +110,14 @@ for _ in range(5):
     step()
 t = time.perf_counter(); step(); step(); step(); one = (time.perf_counter() - t) / 3
 n = max(1, int(0.05 / max(one, 1e-7)))
-ts = []
-for _ in range(repeat):
+def block():                        # seconds per step over a block of ~50 ms
     t = time.perf_counter()
     for _ in range(n):
         step()
-    ts.append((time.perf_counter() - t) / n)
-print(json.dumps({"samples": ts, "threads": torch.get_num_threads()}))
-"""
+    return (time.perf_counter() - t) / n
+warm = step
+info = {"threads": torch.get_num_threads()}
+""" + _SERVE
 
 _JAX_MLP = r"""
 import jax, jax.numpy as jnp
@@ -145,15 +156,19 @@ for _ in range(3):
     params = step(params, X, y)
 jax.block_until_ready(params); one = (time.perf_counter() - t) / 3
 n = max(1, int(0.05 / max(one, 1e-7)))
-ts = []
-for _ in range(repeat):
+def block():
+    global params
     t = time.perf_counter()
     for _ in range(n):
         params = step(params, X, y)
     jax.block_until_ready(params)
-    ts.append((time.perf_counter() - t) / n)
-print(json.dumps({"samples": ts, "threads": len(cpus), "version": jax.__version__}))
-"""
+    return (time.perf_counter() - t) / n
+def warm():
+    global params
+    params = step(params, X, y)
+    jax.block_until_ready(params)
+info = {"threads": len(cpus), "version": jax.__version__}
+""" + _SERVE
 
 
 PEER_SCRIPTS = {"torch": _TORCH_SCRIPT, "jax": _JAX_SCRIPT}
@@ -165,13 +180,14 @@ n, repeat, threads = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
 import numpy as np
 rng = np.random.default_rng(0)
 X = rng.random((n, 784), dtype=np.float32)
-def timed(fn):
+def serve(fn):                      # one call per block
+    global block, info, warm
     for _ in range(3):
         fn()
-    ts = []
-    for _ in range(repeat):
-        t = time.perf_counter(); fn(); ts.append(time.perf_counter() - t)
-    return ts
+    warm = fn
+    def block():
+        t = time.perf_counter(); fn(); return time.perf_counter() - t
+    info = {}
 """
 
 _TORCH_PREDICT_SCRIPT = _PREDICT_PEER_COMMON + r"""
@@ -183,8 +199,8 @@ Xt = torch.from_numpy(X)
 def predict():                      # labels, as Model.predict returns them
     with torch.no_grad():
         return net(Xt).softmax(1).argmax(1).numpy()
-print(json.dumps({"samples": timed(predict)}))
-"""
+serve(predict)
+""" + _SERVE
 
 _JAX_PREDICT_SCRIPT = r"""
 import os, sys
@@ -196,8 +212,8 @@ def labels(ps, X):
     return jnp.argmax(jax.nn.softmax(logits(ps, X)), axis=1)
 def predict():                      # from a numpy array to numpy labels, like the others
     return np.asarray(labels(params, X))
-print(json.dumps({"samples": timed(predict)}))
-"""
+serve(predict)
+""" + _SERVE
 
 PREDICT_PEER_SCRIPTS = {"torch": _TORCH_PREDICT_SCRIPT, "jax": _JAX_PREDICT_SCRIPT}
 PREDICT_ROWS = 10_000
@@ -211,7 +227,8 @@ def predict(peers=True, repeat=7, out=None, precisions=("fp32",), rows=PREDICT_R
     nt = fastbp.get_num_threads()
     rng = np.random.default_rng(0)
     X = rng.random((rows, 784), dtype=np.float32)
-    res = {"rows": rows, "threads": nt}
+    res = {"rows": rows, "threads": nt, "warnings": []}
+    models = {}
     for prec in precisions:
         try:
             m = _bench_model(prec)
@@ -219,17 +236,16 @@ def predict(peers=True, repeat=7, out=None, precisions=("fp32",), rows=PREDICT_R
         except RuntimeError as e:                   # bf16 on a CPU or install without it
             res[f"fastbp_{prec}_error"] = str(e)
             continue
-        samples = []
-        for _ in range(repeat):
-            time.sleep(0.05)
-            t = time.perf_counter()
-            m.predict(X)
-            samples.append(time.perf_counter() - t)
-        res[f"fastbp_{prec}_ms"] = statistics.median(samples) * 1e3
-    for p in ([q for q in peers_available() if q in PREDICT_PEER_SCRIPTS] if peers else []):
-        samples = _peer_in_subprocess(p, rows, repeat, nt, PREDICT_PEER_SCRIPTS)
-        if samples is not None:
-            res[f"{p}_ms"] = statistics.median(samples) * 1e3
+        models[f"fastbp_{prec}"] = lambda m=m: m.predict(X)
+    names = [q for q in peers_available() if q in PREDICT_PEER_SCRIPTS] if peers else []
+    started = _start_peers(names, rows, nt, res["warnings"].append, PREDICT_PEER_SCRIPTS)
+    try:
+        samples = _measure(models, repeat, peers=started)   # fastbp's calls and the peers' interleaved
+    finally:
+        for peer in started.values():
+            peer.close()
+    for k, v in samples.items():
+        res[f"{k}_ms"] = statistics.median(v) * 1e3
     line = f"\npredict on {rows:,} rows (labels; {nt} threads; median of {repeat}):"
     for prec in precisions:
         if f"fastbp_{prec}_ms" in res:
@@ -251,18 +267,60 @@ def peers_available():
     return [p for p in PEER_SCRIPTS if importlib.util.find_spec(p) is not None]
 
 
-def _peer_in_subprocess(peer, B, repeat, threads, scripts=None):
-    """A peer's step (or, with ``scripts=PREDICT_PEER_SCRIPTS``, its predict on B rows) timed in
-    its own process (samples in seconds, or None): in ours its thread pool and numba's would spin
-    against each other and we would measure that contention."""
-    import json
-    import subprocess
-    import sys
-    r = subprocess.run([sys.executable, "-c", (scripts or PEER_SCRIPTS)[peer], str(B), str(repeat), str(threads)],
-                       capture_output=True, text=True, timeout=900)
-    if r.returncode != 0:
-        return None
-    return json.loads(r.stdout.strip().splitlines()[-1])["samples"]
+class _Peer:
+    """A peer's step (or, with ``scripts=PREDICT_PEER_SCRIPTS``, its predict on B rows) in its own
+    process: in ours its thread pool and numba's would spin against each other and we would
+    measure that contention.  ``block()`` asks it to time one block (seconds per call), so its
+    blocks interleave with fastbp's (``_measure``); a peer that fails raises OSError."""
+
+    def __init__(self, peer, B, threads, scripts=None, timeout=600):
+        import subprocess
+        import sys
+        self.name, self.timeout = peer, timeout
+        self.proc = subprocess.Popen([sys.executable, "-c", (scripts or PEER_SCRIPTS)[peer], str(B), "0",
+                                      str(threads)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     stderr=subprocess.DEVNULL, text=True)
+        self.info = self._read()
+
+    def _read(self):
+        import json
+        import select
+        ready, _, _ = select.select([self.proc.stdout], [], [], self.timeout)
+        line = self.proc.stdout.readline() if ready else ""
+        if not line:
+            self.proc.kill()          # stopped (no harm) or hung (it must not outlive the bench)
+            self.close()
+            raise OSError(f"{self.name}: the peer process stopped or hung")
+        return json.loads(line)
+
+    def block(self):
+        self.proc.stdin.write("\n")
+        self.proc.stdin.flush()
+        return float(self._read())
+
+    def close(self):
+        import subprocess
+        try:
+            self.proc.stdin.close()
+        except OSError:       # it is gone already (a broken pipe on the last flush)
+            pass
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:     # a hung peer: make sure it is gone
+            self.proc.kill()
+            self.proc.wait()
+        self.proc.stdout.close()
+
+
+def _start_peers(names, B, threads, warn, scripts=None):
+    """{name: _Peer} for those of ``names`` that start; ``warn`` gets a line for each that fails."""
+    peers = {}
+    for p in names:
+        try:
+            peers[p] = _Peer(p, B, threads, scripts)
+        except (OSError, ValueError) as e:
+            warn(f"{p} failed to run at {B}: {e}")
+    return peers
 
 
 def sgemm_peak(threads, n=2048, repeat=5):
@@ -350,7 +408,10 @@ def metadata():
 WIDE_SPREAD = 0.25
 
 
-def _measure(contenders, repeat, target=0.05):
+def _measure(contenders, repeat, target=0.05, peers=None):
+    """{name: [seconds per call, one per block]} for the in-process ``contenders`` and the
+    ``peers`` ({name: _Peer}, each timing its own blocks in its process), all round-robin."""
+    peers = peers or {}
     numbers = {}
     for name, fn in contenders.items():
         fn()
@@ -361,12 +422,19 @@ def _measure(contenders, repeat, target=0.05):
     # elsewhere on the machine then hits every contender alike instead of one whole block.  A short
     # pause and one untimed call before each block let the previous contender's thread pool go
     # idle (interleaving single calls would measure the pools spinning against each other).
-    samples = {name: [] for name in contenders}
+    samples = {name: [] for name in [*contenders, *peers]}
     for _ in range(repeat):
         for name, fn in contenders.items():
             time.sleep(0.2)   # OpenBLAS threads spin ~0.1 s after their last call
             fn()
             samples[name].append(_timeit(fn, numbers[name]))
+        for name, peer in list(peers.items()):
+            time.sleep(0.2)
+            try:
+                samples[name].append(peer.block())
+            except (OSError, ValueError):
+                del peers[name]
+                samples.pop(name)
     return samples
 
 
@@ -410,13 +478,15 @@ def run(batch_sizes=(32, 128, 512, 2048), repeat=7, peers=True, scaling=True, ep
         np_g, fb_g = _gemm_floor_steps(B, rng)
         c = {"fastbp": _fastbp_step(B, rng), "numpy": _reference_step(B, rng), "gemm_numpy": np_g,
              "gemm_fastbp": fb_g}
-        samples = _measure(c, repeat)
+        peers = _start_peers(peer_list, B, nt, warn)
+        try:
+            samples = _measure(c, repeat, peers=peers)
+        finally:
+            for peer in peers.values():
+                peer.close()
         for p in peer_list:
-            ps = _peer_in_subprocess(p, B, repeat, nt)
-            if ps is None:
-                warn(f"{p} failed to run at batch {B}")
-            else:
-                samples[p] = ps
+            if p in peers and p not in samples:
+                warn(f"{p} stopped during the timing at batch {B}")
         st = {k: spread(v) for k, v in samples.items()}
         m = {k: v["median"] for k, v in st.items()}
         floor = min(m["gemm_numpy"], m["gemm_fastbp"])

@@ -1,0 +1,50 @@
+"""The benchmark's peer protocol: peers time their own blocks in their own processes, and the
+driver interleaves those blocks with fastbp's (``fastbp.bench._Peer`` / ``_measure``)."""
+import pytest
+
+from fastbp import bench
+
+FAKE = r"""
+import json, sys, time
+calls = []
+def warm():
+    calls.append("warm")
+def block():
+    calls.append("block")
+    if len(calls) > 2 * int(sys.argv[1]):       # dies after argv[1] blocks
+        sys.exit(3)
+    return 0.001 * len(calls)
+info = {"who": "fake", "threads": int(sys.argv[3])}
+""" + bench._SERVE
+
+
+def test_a_peer_times_blocks_on_request_after_an_untimed_call():
+    p = bench._Peer("fake", 5, 2, scripts={"fake": FAKE})
+    try:
+        assert p.info == {"who": "fake", "threads": 2}
+        assert [p.block(), p.block()] == [pytest.approx(0.002), pytest.approx(0.004)]   # warm, block, ...
+    finally:
+        p.close()
+    assert p.proc.returncode == 0
+
+
+def test_a_peer_that_fails_to_start_or_hangs_is_an_oserror_not_a_hang():
+    with pytest.raises(OSError, match="broken"):
+        bench._Peer("broken", 1, 1, scripts={"broken": "raise SystemExit(1)"})
+    hung = "import time\ntime.sleep(60)"
+    with pytest.raises(OSError, match="hung"):
+        bench._Peer("hung", 1, 1, scripts={"hung": hung}, timeout=0.5)
+
+
+def test_measure_interleaves_peers_and_drops_one_that_dies():
+    warned = []
+    peers = bench._start_peers(["fake", "broken"], 2, 1, warned.append,
+                               scripts={"fake": FAKE, "broken": "raise SystemExit(1)"})
+    assert list(peers) == ["fake"] and len(warned) == 1 and "broken" in warned[0]
+    order = []
+    try:
+        samples = bench._measure({"local": lambda: order.append("local")}, 4, peers=peers)
+    finally:
+        for p in peers.values():
+            p.close()
+    assert "fake" not in samples and len(samples["local"]) == 4   # it died after 2 blocks
