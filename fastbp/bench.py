@@ -87,7 +87,7 @@ def _gemm_floor_steps(B, rng):
 _SERVE = r"""
 print(json.dumps(info), flush=True)
 for _ in sys.stdin:
-    warm()                          # one untimed call after the pause, as fastbp's blocks get
+    block()                         # an untimed block after the pause, as fastbp's blocks get
     print(json.dumps(block()), flush=True)
 """
 
@@ -115,7 +115,6 @@ def block():                        # seconds per step over a block of ~50 ms
     for _ in range(n):
         step()
     return (time.perf_counter() - t) / n
-warm = step
 info = {"threads": torch.get_num_threads()}
 """ + _SERVE
 
@@ -163,10 +162,6 @@ def block():
         params = step(params, X, y)
     jax.block_until_ready(params)
     return (time.perf_counter() - t) / n
-def warm():
-    global params
-    params = step(params, X, y)
-    jax.block_until_ready(params)
 info = {"threads": len(cpus), "version": jax.__version__}
 """ + _SERVE
 
@@ -181,10 +176,9 @@ import numpy as np
 rng = np.random.default_rng(0)
 X = rng.random((n, 784), dtype=np.float32)
 def serve(fn):                      # one call per block
-    global block, info, warm
+    global block, info
     for _ in range(3):
         fn()
-    warm = fn
     def block():
         t = time.perf_counter(); fn(); return time.perf_counter() - t
     info = {}
@@ -420,13 +414,15 @@ def _measure(contenders, repeat, target=0.05, peers=None):
         numbers[name] = max(1, int(target / max(t, 1e-7)))
     # Blocks of ~50 ms, round-robin over the contenders, median per contender: a burst of load from
     # elsewhere on the machine then hits every contender alike instead of one whole block.  A short
-    # pause and one untimed call before each block let the previous contender's thread pool go
-    # idle (interleaving single calls would measure the pools spinning against each other).
+    # pause before each block lets the previous contender's thread pool go idle (interleaving
+    # single calls would measure the pools spinning against each other); an untimed block after
+    # it brings this contender's pool back to speed (after the pause plus one untimed call, JAX's
+    # 512-row step measured 17.7 ms against 10-12 ms back to back; after an untimed block, 10.1).
     samples = {name: [] for name in [*contenders, *peers]}
     for _ in range(repeat):
         for name, fn in contenders.items():
             time.sleep(0.2)   # OpenBLAS threads spin ~0.1 s after their last call
-            fn()
+            _timeit(fn, numbers[name])
             samples[name].append(_timeit(fn, numbers[name]))
         for name, peer in list(peers.items()):
             time.sleep(0.2)
