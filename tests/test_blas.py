@@ -160,18 +160,23 @@ def test_auto_times_the_candidates_once_per_machine_and_remembers(tmp_path):
 
 
 SERIAL_CHOICE = r"""
-import json
+import json, sys
 from fastbp.kernels import _blas
-bound, addrs = _blas._load_candidates(%r, "auto")
-pick = _blas._measure_choice(addrs, None, parallel=False)
+names, how = %r, %r
+bound, addrs = _blas._load_candidates(names, "auto")
+if how == "child fails":
+    sys.executable = "/nonexistent/python"      # the timing child cannot start
+pick = _blas._measure_choice(addrs, None, parallel=how != "in a kernel")
 print(json.dumps(_blas.CHOICE))
 """
 
 
 @pytest.mark.skipif(len(_available()) < 2, reason="auto times only when there are several candidates")
-def test_choice_falls_back_to_serial_blocks_when_binding_inside_a_kernel():
-    # from inside a kernel the child would time against this process's spinning threads
-    r = subprocess.run([sys.executable, "-c", SERIAL_CHOICE % (sorted(_available()),)], capture_output=True,
+@pytest.mark.parametrize("how", ["in a kernel", "child fails"])
+def test_choice_falls_back_to_serial_blocks(how):
+    # from inside a kernel the child would time against this process's spinning threads; a child
+    # that cannot run must not stop the binding
+    r = subprocess.run([sys.executable, "-c", SERIAL_CHOICE % (sorted(_available()), how)], capture_output=True,
                        text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]
     import json
