@@ -492,7 +492,8 @@ def bind(_in_kernel=False):
             backend = "blis" if "blis" in bound else "openblas"
             CHOICE = {"how": "default under an MPI launcher (no remembered choice)", "backend": backend}
         elif len(bound) > 1:
-            backend = _measure_choice(addrs, key, parallel=not _in_kernel)
+            # the child's ~3 s are paid once per machine only where the pick can be remembered
+            backend = _measure_choice(addrs, key, parallel=not _in_kernel and _choice_path() is not None)
         else:
             backend = next(iter(bound))
             if want == "auto" and CHOICE is None and len(candidates) == 1 and key:
