@@ -388,9 +388,10 @@ def _measure_choice(addrs, key, parallel=True):
 
     Timed as a step's GEMMs on numba's threads in a child process (``_floors_in_subprocess``):
     per-block serial timings did not predict the threaded step (AMD EPYC VM: MKL fastest per
-    block, OpenBLAS 10-13% faster in the step).  Serial blocks (``_time_shims``) are the fallback,
-    and the only way when binding from inside a kernel (``parallel=False``: the child would time
-    against this process's spinning threads)."""
+    block, OpenBLAS 10-13% faster in the step).  Serial blocks (``_time_shims``) are the fallback
+    when the child fails, and ``parallel=False`` asks for them: when binding from inside a kernel
+    (the child would time against this process's spinning threads) and where the pick cannot be
+    remembered (every process would pay the child)."""
     global CHOICE
     best = _floors_in_subprocess(sorted(addrs)) if parallel else None
     timing = f"a step's GEMMs at batch {', '.join(map(str, _CHOICE_BATCHES))} on numba's threads"
