@@ -44,11 +44,10 @@ BF16_MIN_SPEEDUP = 1.2
 def _check_bf16():
     """A clear error without the CPU instructions or MKL, before anything runs; a Bf16SlowWarning
     where MKL's bf16 GEMM is not faster than fp32 (it runs its bf16 kernels on Intel CPUs only)."""
-    from .kernels import Bf16SlowWarning, bf16_speedup, bind_bf16
+    from .kernels import Bf16SlowWarning, bf16_speedup, bind_bf16, cpu_model
     bind_bf16()
     speed = bf16_speedup()
     if speed is not None and speed < BF16_MIN_SPEEDUP:
-        from .kernels._blas import cpu_model
         warnings.warn(Bf16SlowWarning(
             f"precision='bf16': MKL's bf16 GEMM runs at {speed:.2f}x the speed of its fp32 GEMM on this CPU "
             f"({cpu_model()}), so bf16 training will be slower than precision='fp32' here (MKL uses its "

@@ -25,6 +25,7 @@ import importlib
 # SciPy; a name is imported from its module on first access.
 _EXPORTS = {
     "bind_blas": ("_blas", "bind"),
+    "cpu_model": ("_blas", "cpu_model"),
     "count_nonfinite": ("_check", "count_nonfinite"),
     "first_out_of_range": ("_check", "first_out_of_range"),
     "JIT_DISABLED": ("_jit", "JIT_DISABLED"),
