@@ -135,7 +135,7 @@ def test_console_script_entry_point():
 
 def test_bench_json_metadata_spread_and_compare_exit_codes(tmp_path, capsys):
     out = tmp_path / "b.json"
-    args = ["bench", "--batch-sizes", "32", "--repeat", "2", "--no-peers", "--no-scaling", "--predict-rows", "300"]
+    args = ["bench", "--batch-sizes", "32", "--repeat", "2", "--no-peers", "--no-scaling", "--predict-rows", "64"]
     assert cli.main(args + ["--json", str(out)]) == 0
     res = json.loads(out.read_text())
     row = res["steps"][0]
@@ -148,8 +148,8 @@ def test_bench_json_metadata_spread_and_compare_exit_codes(tmp_path, capsys):
     assert meta["versions"]["numpy"] and meta["threading"]["blas"] and res["sgemm_peak_gflops"] > 1
     text = capsys.readouterr().out
     assert "sgemm peak" in text and "[" in text     # spread printed beside each median
-    assert res["predict"]["rows"] == 300 and res["predict"]["fastbp_fp32_ms"] > 0
-    assert "predict on 300 rows" in text
+    assert res["predict"]["rows"] == 64 and res["predict"]["fastbp_fp32_ms"] > 0
+    assert "predict on 64 rows" in text
     fast, slow = json.loads(out.read_text()), json.loads(out.read_text())
     fast["steps"][0]["fastbp_ms"] = row["fastbp_ms"] / 100      # "old" was 100x faster: a regression
     slow["steps"][0]["fastbp_ms"] = row["fastbp_ms"] * 100
