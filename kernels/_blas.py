@@ -227,15 +227,19 @@ def _choice_key(paths):
 
 
 def _choice_path():
+    """Where the pick is remembered: fastbp's per-user cache folder ($XDG_CACHE_HOME/fastbp or
+    ~/.cache/fastbp), else numba's NUMBA_CACHE_DIR; None when neither is writable.  The user's
+    folder comes first so that processes with different NUMBA_CACHE_DIRs on one machine bind the
+    same BLAS (and so compute the same bits)."""
     from numba import config
 
     from ._jit import _writable
-    base = config.CACHE_DIR or None
-    if base is None:
-        home = os.environ.get("HOME")
-        xdg = os.environ.get("XDG_CACHE_HOME") or (os.path.join(home, ".cache") if home else None)
-        base = os.path.join(xdg, "fastbp") if xdg else None
-    return os.path.join(base, CHOICE_FILE) if base and _writable(base) else None
+    home = os.environ.get("HOME")
+    xdg = os.environ.get("XDG_CACHE_HOME") or (os.path.join(home, ".cache") if home else None)
+    for base in ([os.path.join(xdg, "fastbp")] if xdg else []) + ([config.CACHE_DIR] if config.CACHE_DIR else []):
+        if _writable(base):
+            return os.path.join(base, CHOICE_FILE)
+    return None
 
 
 def _time_shims(shims, reps=5):

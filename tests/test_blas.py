@@ -146,6 +146,8 @@ def test_auto_times_the_candidates_once_per_machine_and_remembers(tmp_path):
     second = _auto(tmp_path)
     assert second == {"backend": first["backend"], "choice": dict(how="remembered", file=str(path),
                                                                  backend=first["backend"])}
+    # another NUMBA_CACHE_DIR on this machine binds the same BLAS, so it computes the same bits
+    assert _auto(tmp_path, NUMBA_CACHE_DIR=str(tmp_path / "numba"))["choice"]["how"] == "remembered"
     path.write_text("{not json")                                          # a damaged file: time again
     assert _auto(tmp_path)["choice"]["how"] == "measured"
     assert json.loads(path.read_text())
