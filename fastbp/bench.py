@@ -13,7 +13,7 @@ import time
 
 import numpy as np
 
-SIZES = (784, 512, 512, 10)
+SIZES = (784, 512, 512, 10)   # as kernels/gemm_floor.SIZES (kernels never import from fastbp)
 
 
 def _timeit(fn, number):
@@ -92,9 +92,9 @@ for _ in sys.stdin:
 """
 
 _TORCH_SCRIPT = r"""
-import json, statistics, sys, time
+import json, sys, time
 import torch
-B, repeat, threads = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+B, threads = int(sys.argv[1]), int(sys.argv[2])
 torch.set_num_threads(threads)
 torch.manual_seed(0)
 net = torch.nn.Sequential(torch.nn.Linear(784, 512), torch.nn.Tanh(), torch.nn.Linear(512, 512),
@@ -136,7 +136,7 @@ def loss(ps, X, y):
 
 _JAX_SCRIPT = r"""
 import json, os, sys, time
-B, repeat, threads = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+B, threads = int(sys.argv[1]), int(sys.argv[2])
 cpus = sorted(os.sched_getaffinity(0))[:threads]
 os.sched_setaffinity(0, cpus)          # XLA's CPU pool follows the cores this process may use
 import numpy as np
@@ -171,7 +171,7 @@ PEER_SCRIPTS = {"torch": _TORCH_SCRIPT, "jax": _JAX_SCRIPT}
 
 _PREDICT_PEER_COMMON = r"""
 import json, os, sys, time
-n, repeat, threads = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+n, threads = int(sys.argv[1]), int(sys.argv[2])
 import numpy as np
 rng = np.random.default_rng(0)
 X = rng.random((n, 784), dtype=np.float32)
@@ -198,7 +198,7 @@ serve(predict)
 
 _JAX_PREDICT_SCRIPT = r"""
 import os, sys
-os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[:int(sys.argv[3])])
+os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[:int(sys.argv[2])])
 """ + _PREDICT_PEER_COMMON + r"""
 """ + _JAX_MLP + r"""
 @jax.jit
@@ -271,9 +271,9 @@ class _Peer:
         import subprocess
         import sys
         self.name, self.timeout = peer, timeout
-        self.proc = subprocess.Popen([sys.executable, "-c", (scripts or PEER_SCRIPTS)[peer], str(B), "0",
-                                      str(threads)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     stderr=subprocess.DEVNULL, text=True)
+        self.proc = subprocess.Popen([sys.executable, "-c", (scripts or PEER_SCRIPTS)[peer], str(B), str(threads)],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                                     text=True)
         self.info = self._read()
 
     def _read(self):
@@ -426,13 +426,15 @@ def _measure(contenders, repeat, target=0.05, peers=None):
             time.sleep(0.2)   # OpenBLAS threads spin ~0.1 s after their last call
             _timeit(fn, numbers[name])                 # untimed (one call when a call fills a block)
             samples[name].append(_timeit(fn, numbers[name]))
-        for name, peer in list(peers.items()):
+        for name, peer in peers.items():
+            if name not in samples:           # it failed in an earlier round
+                continue
             time.sleep(0.2)
             try:
                 samples[name].append(peer.block())
-            except (OSError, ValueError):
-                del peers[name]
-                samples.pop(name)
+            except (OSError, ValueError):     # dropped: no partial figure; the caller warns
+                peer.close()
+                del samples[name]
     return samples
 
 
@@ -482,8 +484,8 @@ def run(batch_sizes=(32, 128, 512, 2048), repeat=7, peers=True, scaling=True, ep
         finally:
             for peer in peers.values():
                 peer.close()
-        for p in peer_list:
-            if p in peers and p not in samples:
+        for p in peers:
+            if p not in samples:
                 warn(f"{p} stopped during the timing at batch {B}")
         st = {k: spread(v) for k, v in samples.items()}
         m = {k: v["median"] for k, v in st.items()}

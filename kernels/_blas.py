@@ -337,23 +337,23 @@ def _time_floors(addrs, nt, rounds=7):
     numba.set_num_threads(max(1, min(nt, numba.config.NUMBA_NUM_THREADS)))
     rng = np.random.default_rng(0)
     best = {k: [float("inf")] * len(_CHOICE_BATCHES) for k in addrs}
+
+    def per_call(name, ops, reps):
+        _SLOTS[0], _SLOTS[1] = addrs[name]
+        t = time.perf_counter()
+        for _ in range(reps):
+            gemm_only_step(*ops, rows_from=FORWARD_ROWS_FROM[name])
+        return (time.perf_counter() - t) / reps
+
     for i, B in enumerate(_CHOICE_BATCHES):
         ops = floor_operands(B, nt, rng)
-        first = 0.0
-        for name, a in addrs.items():        # compile / load, first touch
-            _SLOTS[0], _SLOTS[1] = a
-            gemm_only_step(*ops, rows_from=FORWARD_ROWS_FROM[name])
-            t = time.perf_counter()
-            gemm_only_step(*ops, rows_from=FORWARD_ROWS_FROM[name])
-            first = max(first, time.perf_counter() - t)
+        for name in addrs:                   # compile / load, first touch
+            per_call(name, ops, 1)
+        first = max(per_call(name, ops, 1) for name in addrs)
         reps = max(1, int(0.01 / max(first, 1e-6)))
         for _ in range(rounds):
-            for name, a in addrs.items():
-                _SLOTS[0], _SLOTS[1] = a
-                t = time.perf_counter()
-                for _ in range(reps):
-                    gemm_only_step(*ops, rows_from=FORWARD_ROWS_FROM[name])
-                best[name][i] = min(best[name][i], (time.perf_counter() - t) / reps)
+            for name in addrs:
+                best[name][i] = min(best[name][i], per_call(name, ops, reps))
     return best
 
 

@@ -34,8 +34,7 @@ SYMBOL = "fastbp_cblas_gemm_bf16bf16f32"
 BOUND = None          # path of the MKL library once bound
 SPEEDUP = None        # bf16_speedup()'s measurement, once per process
 _LOCK = threading.Lock()
-_KEEP = []
-_LIB = []             # the MKL library once bound
+_LIB = []             # the MKL library once bound (kept alive: LLVM holds its function's address)
 
 
 def cpu_supports_bf16():
@@ -62,7 +61,6 @@ def bind_bf16():
         lib = ctypes.CDLL(path, mode=ctypes.RTLD_GLOBAL)
         lib.MKL_Set_Threading_Layer(ctypes.c_int(1))   # MKL_THREADING_SEQUENTIAL: numba owns the threads
         fn = lib.cblas_gemm_bf16bf16f32
-        _KEEP.append(lib)
         _LIB.append(lib)
         import llvmlite.binding as llvm
         llvm.add_symbol(SYMBOL, ctypes.cast(fn, ctypes.c_void_p).value)

@@ -12,7 +12,7 @@ def block():
     if len(calls) > 2 * int(sys.argv[1]):       # dies after argv[1] blocks
         sys.exit(3)
     return 0.001 * len(calls)
-info = {"who": "fake", "threads": int(sys.argv[3])}
+info = {"who": "fake", "threads": int(sys.argv[2])}
 """ + bench._SERVE
 
 
