@@ -654,18 +654,22 @@ def _epochs(data_dir, peers, say, rounds=3):
 
 def bf16(batch_sizes=(32, 128, 512, 2048), repeat=7, out=None):
     """``fastbp bench --bf16``: training steps with ``precision="bf16"`` against fp32, interleaved
-    in this process (same model, data and threads); None where the CPU or MKL cannot."""
-    from fastbp.kernels import bf16_speedup, bind_bf16
+    in this process (same model, data and threads); None where the CPU or the libraries cannot."""
+    from fastbp.kernels import bf16_info, bf16_speedup
     say = (lambda s: print(s, file=out, flush=True)) if out is not None else (lambda s: None)
     try:
-        bind_bf16()
+        info = bf16_info()
     except (RuntimeError, OSError) as e:
         say(f"\nbf16: not available here ({e})")
+        return None
+    if info is None:
+        say("\nbf16: timed with the JIT only (NUMBA_DISABLE_JIT is set)")
         return None
     rng = np.random.default_rng(0)
     rows = []
     say("\nbf16 mixed precision (dense GEMM operands in bf16, fp32 accumulation and master weights); "
-        f"MKL's bf16 GEMM alone: {bf16_speedup():.2f}x its fp32 GEMM (one block, one thread)")
+        f"the bf16 GEMM alone ({info['library']}, {info['choice']['how']}): {bf16_speedup():.2f}x the fp32 GEMM "
+        "(one block, one thread)")
     say(f"{'batch':>6} {'fp32 ms':>9} {'bf16 ms':>9} {'speedup':>8}")
     for B in batch_sizes:
         st = {k: spread(v) for k, v in _measure({"fp32": _fastbp_step(B, rng), "bf16": _fastbp_step(B, rng, "bf16")},

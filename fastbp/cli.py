@@ -107,7 +107,7 @@ def build_parser():
     b.add_argument("--distributed", action="store_true",
                    help="under mpiexec: data-parallel step time, all-reduce time and scaling efficiency")
     b.add_argument("--bf16", action="store_true",
-                   help="also time precision='bf16' training steps against fp32 (CPUs with AVX512_BF16/AMX, MKL)")
+                   help="also time precision='bf16' steps against fp32 (CPUs with AVX512_BF16/AMX; oneDNN or MKL)")
     g = sp("gradcheck", help="backprop vs central finite differences on a random small net (float64)")
     g.add_argument("--hidden", type=_hidden, default="5,4", help="hidden widths")
     g.add_argument("--activation", default="tanh", choices=["tanh", "relu", "leaky_relu", "sigmoid", "identity"],

@@ -37,21 +37,23 @@ def estimate_bytes(specs, input_dim, dtype, batch, optimizer_slots=2, eval_batch
     return np.dtype(dtype).itemsize * (P * (2 + optimizer_slots) + acts * (int(batch) + int(eval_batch)))
 
 
-#: precision='bf16' warns when MKL's bf16 GEMM is less than this much faster than its fp32 GEMM
+#: precision='bf16' warns when the bf16 GEMM is less than this much faster than the fp32 GEMM
 BF16_MIN_SPEEDUP = 1.2
 
 
 def _check_bf16():
-    """A clear error without the CPU instructions or MKL, before anything runs; a Bf16SlowWarning
-    where MKL's bf16 GEMM is not faster than fp32 (it runs its bf16 kernels on Intel CPUs only)."""
-    from .kernels import Bf16SlowWarning, bf16_speedup, bind_bf16, cpu_model
-    bind_bf16()
+    """A clear error without the CPU instructions or a bf16 GEMM library, before anything runs; a
+    Bf16SlowWarning where the bound bf16 GEMM is not faster than fp32 (MKL's, on a non-Intel CPU)."""
+    from .kernels import Bf16SlowWarning, bf16_info, bf16_speedup, cpu_model
+    info = bf16_info()
     speed = bf16_speedup()
     if speed is not None and speed < BF16_MIN_SPEEDUP:
+        hint = (" (MKL uses its AVX512_BF16/AMX kernels on Intel CPUs only; oneDNN's GEMM does not have "
+                "this limit: pip install onednn-cpu-gomp)" if info["backend"] == "mkl" else "")
         warnings.warn(Bf16SlowWarning(
-            f"precision='bf16': MKL's bf16 GEMM runs at {speed:.2f}x the speed of its fp32 GEMM on this CPU "
-            f"({cpu_model()}), so bf16 training will be slower than precision='fp32' here (MKL uses its "
-            f"AVX512_BF16/AMX kernels on Intel CPUs only)"), stacklevel=5)
+            f"precision='bf16': the bf16 GEMM ({info['library']}) runs at {speed:.2f}x the speed of the fp32 GEMM "
+            f"on this CPU ({cpu_model()}), so bf16 training will be slower than precision='fp32' here{hint}"),
+            stacklevel=5)
 
 
 class Plan:

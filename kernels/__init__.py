@@ -85,7 +85,7 @@ _EXPORTS = {
     "sgd_launch": ("optim", "sgd_launch"),
 }
 
-__all__ = sorted(_EXPORTS) + ["blas_backend", "blas_info"]
+__all__ = sorted(_EXPORTS) + ["bf16_info", "blas_backend", "blas_info"]
 
 
 def __getattr__(name):
@@ -108,6 +108,17 @@ def blas_info():
     _blas.bind()
     return {"backend": _blas.BACKEND or "numpy", "library": _blas.LIBRARY_PATH, "blis_kernels": _blas.BLIS_KERNELS,
             "choice": _blas.CHOICE}
+
+
+def bf16_info():
+    """{"backend", "library", "path", "choice"} of the bound bf16 GEMM (binding it if needed; raises
+    Bf16Unavailable where it cannot); ``choice`` says how ``FASTBP_BF16_GEMM`` picked oneDNN or MKL.
+    None in pure-Python mode."""
+    from . import bf16
+    if bf16.bind_bf16() is None:
+        return None
+    return {"backend": bf16.BACKEND, "library": bf16.CHOICE["library"], "path": bf16.BOUND,
+            "choice": {k: v for k, v in bf16.CHOICE.items() if k != "library"}}
 
 
 def blas_backend():

@@ -226,7 +226,7 @@ def _choice_key(paths):
     return hashlib.sha256("\n".join([cpu, *stamps]).encode()).hexdigest()[:32]
 
 
-def _choice_path():
+def _choice_path(name=CHOICE_FILE):
     """Where the pick is remembered: fastbp's per-user cache folder ($XDG_CACHE_HOME/fastbp or
     ~/.cache/fastbp), else numba's NUMBA_CACHE_DIR; None when neither is writable.  The user's
     folder comes first so that processes with different NUMBA_CACHE_DIRs on one machine bind the
@@ -238,7 +238,7 @@ def _choice_path():
     xdg = os.environ.get("XDG_CACHE_HOME") or (os.path.join(home, ".cache") if home else None)
     for base in ([os.path.join(xdg, "fastbp")] if xdg else []) + ([config.CACHE_DIR] if config.CACHE_DIR else []):
         if _writable(base):
-            return os.path.join(base, CHOICE_FILE)
+            return os.path.join(base, name)
     return None
 
 
@@ -286,9 +286,9 @@ def _library_files():
     return out + [p for p in [_find_mkl()] if p]
 
 
-def _remembered(key):
+def _remembered(key, name=CHOICE_FILE):
     import json
-    path = _choice_path()
+    path = _choice_path(name)
     if path is None:
         return None
     try:
@@ -299,9 +299,9 @@ def _remembered(key):
         return None
 
 
-def _remember(key, pick):
+def _remember(key, pick, name=CHOICE_FILE):
     import json
-    path = _choice_path()
+    path = _choice_path(name)
     if path is None:
         return
     try:

@@ -7,10 +7,17 @@ rounded to nearest even): x16 (N, D), W16 (D, F), dz16 (N, F).
     forward:   x16 = bf16(x); W16 = bf16(W);  out = act(x16 @ W16 + b)        (fp32 accumulation)
     backward:  dz16 = bf16(dz);  dx = (dz16 @ W16^T) * act'(prev_y);  dW = x16^T dz16;  db = sum dz
 
-The GEMM is Intel MKL's ``cblas_gemm_bf16bf16f32`` (AMX or AVX512_BF16 on CPUs that have them),
-sequential, called from inside numba's parallel regions like every fastbp GEMM; ``bind_bf16``
-loads it (PyPI ``mkl``: ``pip install fastbp[bf16]``) and must run before any kernel here is
-compiled or loaded.  Only the GEMM operands are rounded: biases, activations, the loss, the
+The GEMM is a library's bf16 x bf16 -> fp32 GEMM, sequential, called from inside numba's parallel
+regions like every fastbp GEMM.  ``bind_bf16`` loads it and must run before any kernel here is
+compiled or loaded.  Two libraries can provide it (``pip install fastbp[bf16]`` installs both):
+
+- oneDNN's ``dnnl_gemm_bf16bf16f32`` (PyPI ``onednn-cpu-gomp``, the GNU-OpenMP build): uses
+  AVX512_BF16 on any CPU that has it (2.0x its fp32 rate on an AMD EPYC, measured);
+- Intel MKL's ``cblas_gemm_bf16bf16f32`` (PyPI ``mkl``): AMX/AVX512_BF16 on Intel CPUs only.
+
+``FASTBP_BF16_GEMM=auto|onednn|mkl`` picks one; ``auto`` times both once per machine (one step's
+blocks, one thread) and remembers the faster in fastbp's cache folder, so every process on a machine
+computes the same bits.  Only the GEMM operands are rounded: biases, activations, the loss, the
 gradients written to ``dW``/``db`` and the optimizer stay fp32.
 
 Levels: ``to_bf16_rows`` / ``to_bf16_store_rows`` / ``gemm_bf16`` (serial); ``dense_forward_bf16_launch`` /
@@ -18,23 +25,34 @@ Levels: ``to_bf16_rows`` / ``to_bf16_store_rows`` / ``gemm_bf16`` (serial); ``de
 blocks by weight columns/rows as in ``dense``; no checks).
 """
 import ctypes
+import glob
+import os
+import sys
 import threading
 
 import numpy as np
 from numba import prange
 
+from . import _blas
 from ._blas import _find_mkl, cpu_flags
-from ._jit import JIT_DISABLED, jit
+from ._jit import JIT_DISABLED, JIT_OPTIONS, jit
 from ._parallel import split
 from .activation import act_grad_block, bias_act_block
 from .dense import bias_grad_block, forward_by_rows
 from .validate import Bf16Unavailable
 
-SYMBOL = "fastbp_cblas_gemm_bf16bf16f32"
-BOUND = None          # path of the MKL library once bound
+#: the one symbol the kernels call, row-major with oneDNN's ABI:
+#: (char ta, char tb, i64 m, n, k, f32 alpha, bf16 *a, i64 lda, bf16 *b, i64 ldb, f32 beta, f32 *c, i64 ldc)
+SYMBOL = "fastbp_gemm_bf16_v2"
+BACKENDS = ("onednn", "mkl")
+BACKEND = None        # "onednn" or "mkl" once bound
+BOUND = None          # path of the library once bound
+CHOICE = None         # how it was picked: {"how": ..., "backend": ..., ["ms": {...}]}
+CHOICE_FILE = "bf16-choice.json"
 SPEEDUP = None        # bf16_speedup()'s measurement, once per process
 _LOCK = threading.Lock()
-_LIB = []             # the MKL library once bound (kept alive: LLVM holds its function's address)
+_LIB = []             # libraries and shims once bound (kept alive: LLVM holds their addresses)
+_SHIMS = {}           # backend -> address of its shim with SYMBOL's ABI
 
 
 def cpu_supports_bf16():
@@ -42,29 +60,149 @@ def cpu_supports_bf16():
     return bool({"avx512_bf16", "amx_bf16"} & cpu_flags())
 
 
+def _find_onednn():
+    """libdnnl of this environment (PyPI ``onednn-cpu-gomp``), or None."""
+    for prefix in dict.fromkeys((sys.prefix, sys.base_prefix)):
+        hits = sorted(glob.glob(os.path.join(prefix, "lib", "libdnnl.so*")))
+        if hits:
+            return hits[0]
+    return None
+
+
+class _DnnlVersion(ctypes.Structure):
+    _fields_ = [("major", ctypes.c_int), ("minor", ctypes.c_int), ("patch", ctypes.c_int),
+                ("hash", ctypes.c_char_p), ("cpu_runtime", ctypes.c_uint), ("gpu_runtime", ctypes.c_uint)]
+
+
+_DNNL_RUNTIMES = {1: "sequential", 2: "OpenMP"}   # DNNL_RUNTIME_SEQ / _OMP; TBB (4) and others are refused
+
+
+def _load_onednn():
+    """(library, GEMM address) of oneDNN; OSError when it is missing or not a sequential/OpenMP
+    build (a TBB or threadpool build would start threads of its own inside numba's)."""
+    path = _find_onednn()
+    if path is None:
+        raise OSError("oneDNN not found (pip install onednn-cpu-gomp)")
+    lib = ctypes.CDLL(path)
+    lib.dnnl_version.restype = ctypes.POINTER(_DnnlVersion)
+    v = lib.dnnl_version().contents
+    if v.cpu_runtime not in _DNNL_RUNTIMES:
+        raise OSError(f"{path}: oneDNN {v.major}.{v.minor} uses CPU runtime {v.cpu_runtime}; fastbp needs its "
+                      f"sequential or GNU OpenMP build (pip install onednn-cpu-gomp)")
+    gomp = ctypes.CDLL("libgomp.so.1")         # the OpenMP runtime oneDNN and numba's omp layer share
+    import llvmlite.binding as llvm
+    llvm.add_symbol("fastbp_dnnl_gemm_bf16bf16f32", ctypes.cast(lib.dnnl_gemm_bf16bf16f32, ctypes.c_void_p).value)
+    llvm.add_symbol("fastbp_omp_get_max_threads", ctypes.cast(gomp.omp_get_max_threads, ctypes.c_void_p).value)
+    llvm.add_symbol("fastbp_omp_set_num_threads", ctypes.cast(gomp.omp_set_num_threads, ctypes.c_void_p).value)
+    _LIB.extend([lib, gomp])
+    return path, f"oneDNN {v.major}.{v.minor}.{v.patch} ({_DNNL_RUNTIMES[v.cpu_runtime]})"
+
+
+def _load_mkl_bf16():
+    path = _find_mkl()
+    if path is None:
+        raise OSError("MKL not found (pip install mkl)")
+    lib = ctypes.CDLL(path, mode=ctypes.RTLD_GLOBAL)
+    lib.MKL_Set_Threading_Layer(ctypes.c_int(1))   # MKL_THREADING_SEQUENTIAL: numba owns the threads
+    import llvmlite.binding as llvm
+    llvm.add_symbol("fastbp_mkl_cblas_gemm_bf16bf16f32",
+                    ctypes.cast(lib.cblas_gemm_bf16bf16f32, ctypes.c_void_p).value)
+    _LIB.append(lib)
+    return path, "MKL"
+
+
+def _find(name):
+    """The library file of backend ``name``, or None (looked up at call time: tests replace the finders)."""
+    return _find_onednn() if name == "onednn" else _find_mkl()
+
+
+def _load(name):
+    """Load backend ``name`` and register its symbols: (library path, description)."""
+    return _load_onednn() if name == "onednn" else _load_mkl_bf16()
+
+#: (m, n, k, A transposed, B transposed): one step's per-thread bf16 GEMM blocks (784-512-512 MLP,
+#: 2 threads, batch 128 and 512), timed when both libraries are installed
+_CHOICE_SHAPES = [s for B in (128, 512) for s in ((B, 256, 784, False, False), (B, 392, 512, False, True),
+                                                  (392, 512, B, True, False))]
+_PROTO = ctypes.CFUNCTYPE(None, ctypes.c_int8, ctypes.c_int8, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64,
+                          ctypes.c_float, ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p, ctypes.c_int64,
+                          ctypes.c_float, ctypes.c_void_p, ctypes.c_int64)
+
+
+def _time_bf16(shims, reps=5):
+    """{backend: total of per-shape best seconds} for bf16 shims ``{backend: address}``, interleaved."""
+    import time
+    rng = np.random.default_rng(0)
+    calls = {k: _PROTO(a) for k, a in shims.items()}
+    total = dict.fromkeys(shims, 0.0)
+    for m, n, k, ta, tb in _CHOICE_SHAPES:
+        A = rng.integers(0x3C00, 0x3F80, (k, m) if ta else (m, k), dtype=np.uint16)   # bf16 in [2^-7, 1)
+        B = rng.integers(0x3C00, 0x3F80, (n, k) if tb else (k, n), dtype=np.uint16)
+        C = np.empty((m, n), np.float32)
+        best = dict.fromkeys(shims, float("inf"))
+        for _ in range(reps + 1):                # the first round loads each library's kernels
+            for name, call in calls.items():
+                t = time.perf_counter()
+                call(84 if ta else 78, 84 if tb else 78, m, n, k, 1.0, A.ctypes.data, A.shape[1], B.ctypes.data,
+                     B.shape[1], 0.0, C.ctypes.data, n)
+                best[name] = min(best[name], time.perf_counter() - t)
+        for name in shims:
+            total[name] += best[name]
+    return total
+
+
 def bind_bf16():
-    """Load MKL's bf16 GEMM (once) and register it for the kernels; returns the library path.
-    Raises Bf16Unavailable (a RuntimeError) on a CPU without bf16 instructions or without MKL."""
-    global BOUND
+    """Load the bf16 GEMM (once) and register it for the kernels; returns the library path.
+    Raises Bf16Unavailable (a RuntimeError) on a CPU without bf16 instructions, without a library
+    that has the GEMM, or for a bad ``FASTBP_BF16_GEMM``."""
+    global BOUND, BACKEND, CHOICE
     if BOUND is not None or JIT_DISABLED:
         return BOUND
     with _LOCK:
         if BOUND is not None:
             return BOUND
+        want = os.environ.get("FASTBP_BF16_GEMM", "auto").strip().lower()
+        if want not in ("auto", *BACKENDS):
+            raise Bf16Unavailable(f"FASTBP_BF16_GEMM must be 'auto', 'onednn' or 'mkl', got {want!r}")
         if not cpu_supports_bf16():
             raise Bf16Unavailable("precision='bf16' needs a CPU with AVX512_BF16 or AMX-BF16 instructions; "
-                               "this one has neither (use precision='fp32')")
-        path = _find_mkl()
-        if path is None:
-            raise Bf16Unavailable("precision='bf16' needs Intel MKL's bf16 GEMM: pip install 'fastbp[bf16]' "
-                                  "(PyPI mkl)")
-        lib = ctypes.CDLL(path, mode=ctypes.RTLD_GLOBAL)
-        lib.MKL_Set_Threading_Layer(ctypes.c_int(1))   # MKL_THREADING_SEQUENTIAL: numba owns the threads
-        fn = lib.cblas_gemm_bf16bf16f32
-        _LIB.append(lib)
+                                  "this one has neither (use precision='fp32')")
+        names = [want] if want != "auto" else [n for n in BACKENDS if _find(n) is not None]
+        if not names:
+            raise Bf16Unavailable("precision='bf16' needs a bf16 GEMM library: pip install 'fastbp[bf16]' "
+                                  "(PyPI onednn-cpu-gomp or mkl)")
+        key = _blas._choice_key([_find(n) for n in names]) if len(names) > 1 else None
+        known = _blas._remembered(key, CHOICE_FILE) if key else None
+        if known in names:
+            names = [known]
+        loaded, failed = {}, {}
+        for name in names:
+            try:
+                loaded[name] = _load(name)
+            except (OSError, AttributeError) as e:
+                failed[name] = str(e)
+        if not loaded:
+            how = f"FASTBP_BF16_GEMM={want}" if want != "auto" else "no usable bf16 GEMM library"
+            raise Bf16Unavailable(f"precision='bf16': {how} (" + "; ".join(f"{n}: {e}" for n, e in failed.items())
+                                  + ")")
+        for name in loaded:
+            _SHIMS[name] = _shim_address(name)
+        if len(loaded) > 1 and _blas._under_launcher():   # ranks timing at once could disagree
+            backend = "onednn"
+            CHOICE = {"how": "default under an MPI launcher (no remembered choice)", "backend": backend}
+        elif len(loaded) > 1:
+            secs = _time_bf16({n: _SHIMS[n] for n in loaded})
+            backend = min(secs, key=secs.get)
+            CHOICE = {"how": "measured", "backend": backend, "ms": {n: round(s * 1e3, 3) for n, s in secs.items()}}
+            _blas._remember(key, backend, CHOICE_FILE)
+        else:
+            backend = next(iter(loaded))
+            how = "remembered" if known == backend else ("asked for" if want != "auto" else "only one installed")
+            CHOICE = {"how": how, "backend": backend}
+        CHOICE["library"] = loaded[backend][1]
         import llvmlite.binding as llvm
-        llvm.add_symbol(SYMBOL, ctypes.cast(fn, ctypes.c_void_p).value)
-        BOUND = path
+        llvm.add_symbol(SYMBOL, _SHIMS[backend])
+        BACKEND, BOUND = backend, loaded[backend][0]
         return BOUND
 
 
@@ -73,31 +211,32 @@ SPEEDUP_SHAPE = (256, 512, 784)
 
 
 def bf16_speedup(reps=5):
-    """How much faster MKL's bf16 GEMM is than its fp32 sgemm on this CPU: the ratio of their best
-    single-threaded times on one SPEEDUP_SHAPE block, interleaved (~20 ms, measured once per
-    process; None in pure-Python mode).  Why: MKL runs its AVX512_BF16/AMX kernels on Intel CPUs
+    """How much faster the bound bf16 GEMM is than the bound fp32 GEMM on this CPU: the ratio of
+    their best single-threaded times on one SPEEDUP_SHAPE block, interleaved (~20 ms, measured once
+    per process; None in pure-Python mode).  Why: MKL runs its AVX512_BF16/AMX kernels on Intel CPUs
     only; on an AMD EPYC with AVX512_BF16 its bf16 GEMM ran at 0.98-1.00x the fp32 rate, so bf16
-    steps (which also round their operands) were slower than fp32."""
+    steps (which also round their operands) were slower than fp32; oneDNN's ran at 2.0x there."""
     global SPEEDUP
     if SPEEDUP is not None or JIT_DISABLED:
         return SPEEDUP
     bind_bf16()
+    _blas.bind()
     import time
-    lib = _LIB[0]
     m, n, k = SPEEDUP_SHAPE
     rng = np.random.default_rng(0)
     a, b = rng.random((m, k), dtype=np.float32), rng.random((k, n), dtype=np.float32)
     a16, b16 = (a.view(np.uint32) >> 16).astype(np.uint16), (b.view(np.uint32) >> 16).astype(np.uint16)
     c = np.empty((m, n), np.float32)
-    i, f, p = ctypes.c_int, ctypes.c_float, ctypes.c_void_p
-    sig = [i, i, i, i, i, i, f, p, i, p, i, f, p, i]
-    fp32, bf16 = lib.cblas_sgemm, lib.cblas_gemm_bf16bf16f32
-    fp32.argtypes = bf16.argtypes = sig
+    fp32, bf16 = _blas._PROTOS[0](_blas._SLOTS[0]), _PROTO(_SHIMS[BACKEND])
+    one, zero = ctypes.c_float(1.0), ctypes.c_float(0.0)
     best = {}
-    for _ in range(reps + 1):       # the first round loads MKL's kernels
-        for name, fn, x, y in (("fp32", fp32, a, b), ("bf16", bf16, a16, b16)):
+    for _ in range(reps + 1):       # the first round loads the libraries' kernels
+        for name in ("fp32", "bf16"):
             t = time.perf_counter()
-            fn(101, 111, 111, m, n, k, 1.0, x.ctypes.data, k, y.ctypes.data, n, 0.0, c.ctypes.data, n)
+            if name == "fp32":
+                fp32(m, n, k, one, a.ctypes.data, k, 1, b.ctypes.data, n, 1, zero, c.ctypes.data, n, 1)
+            else:
+                bf16(78, 78, m, n, k, 1.0, a16.ctypes.data, k, b16.ctypes.data, n, 0.0, c.ctypes.data, n)
             best[name] = min(best.get(name, float("inf")), time.perf_counter() - t)
     SPEEDUP = best["fp32"] / best["bf16"]
     return SPEEDUP
@@ -157,27 +296,71 @@ else:
         for r in range(r0, r1):
             _round_row(store[r].view(np.uint16), src[r].view(np.uint32))
 
+    def _c_call(symbol, *kinds):
+        """An intrinsic calling the C function ``symbol`` (void; arguments converted to ``kinds``:
+        numba integer/float types, or ``types.voidptr`` for an array's or pointer's data)."""
+        names = ", ".join(f"a{i}" for i in range(len(kinds)))
+        scope = {}
+        exec(f"def call(typingctx, {names}):\n    return typer({names})", {"typer": lambda *a: typer(*a)}, scope)
+
+        def typer(*args):
+            sig = types.void(*args)
+
+            def codegen(context, builder, signature, vals):
+                lltys = [context.get_value_type(kd) for kd in kinds]
+                fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.VoidType(), lltys), symbol)
+                out = []
+                for val, ty, kd, llty in zip(vals, signature.args, kinds, lltys):
+                    if isinstance(ty, types.Array):
+                        out.append(builder.bitcast(context.make_array(ty)(context, builder, val).data, llty))
+                    elif kd == types.voidptr:
+                        out.append(builder.bitcast(val, llty))
+                    else:
+                        out.append(context.cast(builder, val, ty, kd))
+                builder.call(fn, out)
+                return context.get_dummy_value()
+
+            return sig, codegen
+        return intrinsic(scope["call"])
+
+    _i8, _i32, _i64, _f32, _vp = types.int8, types.int32, types.int64, types.float32, types.voidptr
+    _ABI = (_i8, _i8, _i64, _i64, _i64, _f32, _vp, _i64, _vp, _i64, _f32, _vp, _i64)
+    _call_bf16 = _c_call(SYMBOL, *_ABI)
+    _call_onednn = _c_call("fastbp_dnnl_gemm_bf16bf16f32", *_ABI)
+    _call_mkl = _c_call("fastbp_mkl_cblas_gemm_bf16bf16f32", _i32, _i32, _i32, _i32, _i32, _i32, _f32, _vp, _i32,
+                        _vp, _i32, _f32, _vp, _i32)      # cblas, 32-bit ints (MKL's LP64 interface)
+
     @intrinsic
-    def _call_bf16(typingctx, ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc):
-        """MKL cblas_gemm_bf16bf16f32, row-major (32-bit ints: MKL's LP64 interface)."""
-        sig = types.void(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc)
-
+    def _omp_get_max_threads(typingctx):
         def codegen(context, builder, signature, args):
-            i32, f32, i8p = ir.IntType(32), ir.FloatType(), ir.IntType(8).as_pointer()
-            kinds = [i32, i32, i32, i32, i32, i32, f32, i8p, i32, i8p, i32, f32, i8p, i32]
-            fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.VoidType(), kinds), SYMBOL)
-            vals = [ir.Constant(i32, 101)]                      # CblasRowMajor
-            for val, ty in zip(args, signature.args):
-                if isinstance(ty, types.Array):
-                    vals.append(builder.bitcast(context.make_array(ty)(context, builder, val).data, i8p))
-                elif isinstance(ty, types.Float):
-                    vals.append(context.cast(builder, val, ty, types.float32))
-                else:
-                    vals.append(context.cast(builder, val, ty, types.int32))
-            builder.call(fn, vals)
-            return context.get_dummy_value()
+            i32 = ir.IntType(32)
+            fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(i32, []), "fastbp_omp_get_max_threads")
+            return builder.call(fn, [])
+        return types.int32(), codegen
 
-        return sig, codegen
+    _omp_set_num_threads = _c_call("fastbp_omp_set_num_threads", _i32)
+
+    def _onednn_shim(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc):
+        # oneDNN's GEMM runs serially only inside an active OpenMP team; in numba's 1-thread regions,
+        # on workqueue/tbb threads or from plain callers it would start a team of its own.  One thread
+        # for this call (numba owns the threads), the caller's setting restored after.
+        keep = _omp_get_max_threads()
+        _omp_set_num_threads(1)
+        _call_onednn(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc)
+        _omp_set_num_threads(keep)
+
+    def _mkl_shim(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc):
+        _call_mkl(101, 112 if ta == 84 else 111, 112 if tb == 84 else 111, m, n, k, alpha, a, lda, b, ldb, beta, c,
+                  ldc)                               # CblasRowMajor, CblasTrans / CblasNoTrans
+
+    _SHIM_FUNCS = {"onednn": _onednn_shim, "mkl": _mkl_shim}
+
+    def _shim_address(name):
+        """Compile (or load from numba's cache) ``name``'s shim; its address."""
+        from numba import cfunc
+        c = cfunc(types.void(*_ABI), cache=JIT_OPTIONS["cache"], nopython=True)(_SHIM_FUNCS[name])
+        _LIB.append(c)
+        return c.address
 
     @jit
     def gemm_bf16(C, A, B, trans_a, trans_b, alpha, beta):
@@ -192,7 +375,7 @@ else:
                 for j in range(n):
                     C[i, j] = np.float32(beta) * C[i, j] if beta != 0 else np.float32(0.0)
             return
-        _call_bf16(112 if trans_a else 111, 112 if trans_b else 111, m, n, k, alpha, A, max(A.strides[0] // 2, 1),
+        _call_bf16(84 if trans_a else 78, 84 if trans_b else 78, m, n, k, alpha, A, max(A.strides[0] // 2, 1),
                    B, max(B.strides[0] // 2, 1), beta, C, max(C.strides[0] // 4, 1))
 
 

@@ -19,11 +19,12 @@ def _usable():
         return False
 
 
-# where MKL's bf16 GEMM is not faster (non-Intel CPUs) every bf16 model warns; that warning's own
+# where the bf16 GEMM is not faster (MKL on non-Intel CPUs) every bf16 model warns; that warning's own
 # tests are below
 pytestmark = pytest.mark.filterwarnings("ignore::fastbp.kernels.validate.Bf16SlowWarning")
 
-needs_bf16 = pytest.mark.skipif(not _usable(), reason="needs AVX512_BF16/AMX and MKL (pip install 'fastbp[bf16]')")
+needs_bf16 = pytest.mark.skipif(not _usable(),
+                                reason="needs AVX512_BF16/AMX and oneDNN or MKL (pip install 'fastbp[bf16]')")
 
 
 def ref_bf16(a):
@@ -142,6 +143,7 @@ def test_bf16_without_the_cpu_or_mkl_is_a_clear_error(monkeypatch):
         Model([Dense(2)], precision="bf16", input_dim=3)
     monkeypatch.setattr(K, "cpu_supports_bf16", lambda: True)
     monkeypatch.setattr(K, "_find_mkl", lambda: None)
+    monkeypatch.setattr(K, "_find_onednn", lambda: None)
     with pytest.raises(K.Bf16Unavailable, match=r"fastbp\[bf16\]"):
         Model([Dense(2)], precision="bf16", input_dim=3)
 
@@ -241,3 +243,124 @@ def test_bf16_speedup_is_measured_once():
         pytest.skip("MKL's GEMMs are timed with the JIT only")
     s = K.bf16_speedup()
     assert isinstance(s, float) and 0.05 < s < 50 and K.bf16_speedup() is s
+
+
+# --- the two bf16 GEMM libraries (oneDNN, MKL): each checked, the pick measured and remembered ---
+
+def _backends():
+    return [] if JIT_DISABLED else [n for n in K.BACKENDS if K._find(n)]
+
+
+@pytest.fixture
+def rebind(monkeypatch, tmp_path):
+    """bind_bf16 from scratch with a private cache folder; afterwards the kernels' symbol points at
+    the shim this session bound first again."""
+    if JIT_DISABLED or not _usable():
+        pytest.skip("binding happens with the JIT only, on a CPU with bf16")
+    import llvmlite.binding as llvm
+    first = K.BACKEND
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.delenv("FASTBP_BF16_GEMM", raising=False)
+    for name in ("BOUND", "BACKEND", "CHOICE"):
+        monkeypatch.setattr(K, name, None)
+    yield tmp_path / "fastbp" / K.CHOICE_FILE
+    llvm.add_symbol(K.SYMBOL, K._SHIMS[first])
+
+
+@pytest.mark.jit
+@pytest.mark.parametrize("backend", K.BACKENDS)
+@pytest.mark.parametrize("ta,tb", [(False, False), (True, False), (False, True), (True, True)])
+def test_each_bf16_library_matches_the_product_of_the_rounded_operands(backend, ta, tb, rng):
+    if backend not in _backends():
+        pytest.skip(f"{backend} is not installed (pip install 'fastbp[bf16]')")
+    if not cpu_bf16():
+        pytest.skip("needs AVX512_BF16/AMX")
+    K._load(backend)
+    shim = K._SHIMS.setdefault(backend, K._shim_address(backend))
+    m, n, k = 61, 45, 70
+    A16 = rng.integers(0x3C00, 0x4100, (k, m + 5) if ta else (m, k + 5), dtype=np.uint16)   # strided: lda > cols
+    B16 = rng.integers(0xBC00, 0xC100, (n, k + 2) if tb else (k, n + 2), dtype=np.uint16)
+    C = rng.standard_normal((m, n + 4)).astype(np.float32)
+    C0 = C.astype(np.float64)
+    K._PROTO(shim)(84 if ta else 78, 84 if tb else 78, m, n, k, -0.5, A16.ctypes.data, A16.shape[1], B16.ctypes.data,
+                   B16.shape[1], 2.0, C.ctypes.data, C.shape[1])
+    a = widen(A16[:, :m] if ta else A16[:, :k]).astype(np.float64)
+    b = widen(B16[:, :k] if tb else B16[:, :n]).astype(np.float64)
+    ref = -0.5 * ((a.T if ta else a) @ (b.T if tb else b)) + 2.0 * C0[:, :n]
+    np.testing.assert_allclose(C[:, :n], ref, rtol=1e-5, atol=1e-5 * np.abs(ref).max())
+    assert np.array_equal(C[:, n:], C0[:, n:].astype(np.float32))          # columns past n untouched
+
+
+def cpu_bf16():
+    return K.cpu_supports_bf16()
+
+
+@pytest.mark.jit
+def test_bf16_library_pick_is_measured_then_remembered(rebind):
+    if len(_backends()) < 2:
+        pytest.skip("needs both oneDNN and MKL to choose between")
+    K.bind_bf16()
+    assert K.CHOICE["how"] == "measured" and set(K.CHOICE["ms"]) == set(K.BACKENDS)
+    picked = K.BACKEND
+    assert picked == min(K.CHOICE["ms"], key=K.CHOICE["ms"].get)
+    assert picked in rebind.read_text()
+    K.BOUND = None
+    K.bind_bf16()
+    assert (K.BACKEND, K.CHOICE["how"]) == (picked, "remembered")
+    other = next(n for n in K.BACKENDS if n != picked)          # an edited file is obeyed
+    rebind.write_text(rebind.read_text().replace(f'"{picked}"', f'"{other}"'))
+    K.BOUND = None
+    K.bind_bf16()
+    assert (K.BACKEND, K.CHOICE["how"]) == (other, "remembered")
+
+
+@pytest.mark.jit
+def test_bf16_library_asked_for_by_the_environment(rebind, monkeypatch):
+    monkeypatch.setenv("FASTBP_BF16_GEMM", "cublas")
+    with pytest.raises(K.Bf16Unavailable, match="FASTBP_BF16_GEMM must be 'auto', 'onednn' or 'mkl', got 'cublas'"):
+        K.bind_bf16()
+    for name in _backends():
+        monkeypatch.setenv("FASTBP_BF16_GEMM", name)
+        K.BOUND = None
+        K.bind_bf16()
+        assert (K.BACKEND, K.CHOICE["how"]) == (name, "asked for")
+        assert not rebind.exists()                                  # nothing timed, nothing written
+    monkeypatch.setenv("FASTBP_BF16_GEMM", "onednn")
+    monkeypatch.setattr(K, "_find_onednn", lambda: None)
+    K.BOUND = None
+    with pytest.raises(K.Bf16Unavailable, match=r"FASTBP_BF16_GEMM=onednn.*pip install onednn-cpu-gomp"):
+        K.bind_bf16()
+
+
+@pytest.mark.jit
+def test_onednn_gemm_starts_no_threads_of_its_own():
+    """oneDNN's OpenMP GEMM, called outside an active OpenMP team (here: from Python, as in numba's
+    1-thread regions), would start a team of its own beside numba's threads; the shim keeps it to
+    the calling thread and restores the caller's OpenMP setting."""
+    import os
+    import subprocess
+    import sys
+    if "onednn" not in _backends() or not cpu_bf16():
+        pytest.skip("needs oneDNN and a CPU with bf16")
+    if (os.cpu_count() or 1) < 2:
+        pytest.skip("a team of one thread cannot be told apart")
+    code = """
+import ctypes, os, numpy as np
+from fastbp.kernels import bf16 as K
+K.bind_bf16()
+omp = ctypes.CDLL("libgomp.so.1")
+a, b = np.full((512, 784), 0x3F80, np.uint16), np.full((784, 512), 0x3F80, np.uint16)
+c = np.empty((512, 512), np.float32)
+before, omp_before = len(os.listdir("/proc/self/task")), omp.omp_get_max_threads()
+for _ in range(4):
+    K.gemm_bf16(c, a, b, False, False, 1.0, 0.0)
+assert (c == 784).all()
+print(before, len(os.listdir("/proc/self/task")), omp_before, omp.omp_get_max_threads())
+"""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OMP_", "GOMP_"))}
+    env["FASTBP_BF16_GEMM"] = "onednn"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300,
+                         cwd=os.path.dirname(os.path.dirname(os.__file__)))
+    assert out.returncode == 0, out.stderr
+    before, after, omp_before, omp_after = map(int, out.stdout.split())
+    assert after == before and omp_after == omp_before > 1
