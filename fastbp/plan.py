@@ -45,7 +45,7 @@ def _check_bf16():
     """A clear error without the CPU instructions or a bf16 GEMM library, before anything runs; a
     Bf16SlowWarning where the bound bf16 GEMM is not faster than fp32 (MKL's, on a non-Intel CPU)."""
     from .kernels import Bf16SlowWarning, bf16_info, bf16_speedup, cpu_model
-    info = bf16_info()
+    info = bf16_info() or {"backend": None, "library": "numpy emulation"}     # None: pure-Python mode
     speed = bf16_speedup()
     if speed is not None and speed < BF16_MIN_SPEEDUP:
         hint = (" (MKL uses its AVX512_BF16/AMX kernels on Intel CPUs only; oneDNN's GEMM does not have "

@@ -235,12 +235,15 @@ def test_bf16_warns_where_its_gemm_is_not_faster_than_fp32(monkeypatch, speedup,
         msg = str(slow[0].message)
         assert f"{speedup:.2f}x" in msg and "precision='fp32'" in msg
         assert slow[0].filename == __file__                  # points at the caller's Model(...) line
+        if not JIT_DISABLED:
+            assert K.CHOICE["library"] in msg
+            assert ("pip install onednn-cpu-gomp" in msg) == (K.BACKEND == "mkl")   # MKL on a non-Intel CPU
 
 
 @needs_bf16
 def test_bf16_speedup_is_measured_once():
     if JIT_DISABLED:
-        pytest.skip("MKL's GEMMs are timed with the JIT only")
+        pytest.skip("the GEMMs are timed with the JIT only")
     s = K.bf16_speedup()
     assert isinstance(s, float) and 0.05 < s < 50 and K.bf16_speedup() is s
 
