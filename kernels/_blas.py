@@ -28,7 +28,7 @@ share one cache.
 BLAS is always called single-threaded: fastbp has one thread domain, numba's.  Kernels cut each
 GEMM into per-thread blocks inside ``prange``; no second thread pool ever spins against numba's.
 
-Backends (``FASTBP_BLAS`` = ``auto`` | ``blis`` | ``openblas`` | ``mkl``):
+Backends (``FASTBP_BLAS`` = ``auto`` | ``blis`` | ``openblas`` | ``mkl`` | ``onednn``):
 
 * ``blis``: PyPI's ``blis`` package (single-threaded BLIS 0.7).  It does not recognise newer
   CPUs (e.g. AMD Zen 5 is "generic", ~40 GFLOP/s), so on a CPU with AVX-512 F/DQ/BW/VL we build
@@ -36,9 +36,15 @@ Backends (``FASTBP_BLAS`` = ``auto`` | ``blis`` | ``openblas`` | ``mkl``):
 * ``openblas``: SciPy's bundled OpenBLAS through ``scipy.linalg.cython_blas`` (SciPy's own copy,
   not numpy's); binding sets *its* thread count to 1 (see ``_load_openblas``).
 * ``mkl``: ``libmkl_rt`` from PyPI's ``mkl``, sequential layer.
+* ``onednn``: ``dnnl_sgemm`` from PyPI's ``onednn-cpu-gomp`` (oneDNN's GNU-OpenMP build; float64
+  stays on SciPy's OpenBLAS: oneDNN has no dgemm).  oneDNN runs serially inside an active OpenMP
+  team (numba's omp layer shares the system libgomp) but starts a team of its own elsewhere, so its
+  shim sets OpenMP's thread count to 1 for each call and restores it.  Builds whose CPU runtime is
+  TBB or a threadpool (PyPI ``onednn`` 2026.x is TBB/SYCL) are refused.
 
 ``auto``: the candidates are BLIS (on a CPU with AVX-512, when ``blis`` imports), SciPy's
-OpenBLAS, and MKL when PyPI ``mkl`` is installed (``fastbp[mkl]`` or ``fastbp[bf16]``).  With
+OpenBLAS, MKL when PyPI ``mkl`` is installed (``fastbp[mkl]`` or ``fastbp[bf16]``) and oneDNN when
+``onednn-cpu-gomp`` is (``fastbp[onednn]`` or ``fastbp[bf16]``).  With
 more than one, a child process binds them all and times a training step's GEMMs as the kernels
 cut them (``gemm_floor.gemm_only_step``, 784-512-512-10 at batch 32, 128 and 512) on numba's
 threads, swapping each backend's shims into the table in turn (``_time_floors``); the fastest by
@@ -63,7 +69,7 @@ import numpy as np
 
 from ._jit import JIT_DISABLED, JIT_OPTIONS, cast_like, jit
 
-BACKEND = None          # "blis", "openblas" or "mkl" once bound
+BACKEND = None          # "blis", "openblas", "mkl" or "onednn" once bound
 LIBRARY_PATH = None     # file that provides the GEMM
 BLIS_KERNELS = None     # BLIS kernel set in use ("skx", or BLIS's own choice)
 
@@ -128,6 +134,51 @@ def _load_mkl():
     _KEEP.append(lib)
     return (ctypes.cast(lib.sgemm, ctypes.c_void_p).value, ctypes.cast(lib.dgemm, ctypes.c_void_p).value, path,
             None)
+
+
+def _find_onednn():
+    """libdnnl of this environment (PyPI ``onednn-cpu-gomp``), or None."""
+    for prefix in dict.fromkeys((sys.prefix, sys.base_prefix)):
+        hits = sorted(glob.glob(os.path.join(prefix, "lib", "libdnnl.so*")))
+        if hits:
+            return hits[0]
+    return None
+
+
+class _DnnlVersion(ctypes.Structure):
+    _fields_ = [("major", ctypes.c_int), ("minor", ctypes.c_int), ("patch", ctypes.c_int),
+                ("hash", ctypes.c_char_p), ("cpu_runtime", ctypes.c_uint), ("gpu_runtime", ctypes.c_uint)]
+
+
+_DNNL_RUNTIMES = {1: "sequential", 2: "OpenMP"}   # DNNL_RUNTIME_SEQ / _OMP; TBB (4) and others are refused
+
+
+def _open_onednn():
+    """(library, path, description) of oneDNN, with the OpenMP thread-count functions its shims use
+    registered; OSError when it is missing or not a sequential/OpenMP build (a TBB or threadpool
+    build would start threads of its own inside numba's)."""
+    path = _find_onednn()
+    if path is None:
+        raise OSError("oneDNN not found (pip install onednn-cpu-gomp)")
+    lib = ctypes.CDLL(path)
+    lib.dnnl_version.restype = ctypes.POINTER(_DnnlVersion)
+    v = lib.dnnl_version().contents
+    if v.cpu_runtime not in _DNNL_RUNTIMES:
+        raise OSError(f"{path}: oneDNN {v.major}.{v.minor} uses CPU runtime {v.cpu_runtime}; fastbp needs its "
+                      f"sequential or GNU OpenMP build (pip install onednn-cpu-gomp)")
+    gomp = ctypes.CDLL("libgomp.so.1")         # the OpenMP runtime oneDNN and numba's omp layer share
+    import llvmlite.binding as llvm
+    llvm.add_symbol("fastbp_omp_get_max_threads", ctypes.cast(gomp.omp_get_max_threads, ctypes.c_void_p).value)
+    llvm.add_symbol("fastbp_omp_set_num_threads", ctypes.cast(gomp.omp_set_num_threads, ctypes.c_void_p).value)
+    _KEEP.extend([lib, gomp])
+    return lib, path, f"oneDNN {v.major}.{v.minor}.{v.patch} ({_DNNL_RUNTIMES[v.cpu_runtime]})"
+
+
+def _load_onednn():
+    """oneDNN's sgemm for float32; float64 stays on SciPy's OpenBLAS (oneDNN has no dgemm)."""
+    lib, path, _ = _open_onednn()
+    _, d, _, _ = _load_openblas()
+    return ctypes.cast(lib.dnnl_sgemm, ctypes.c_void_p).value, d, path, None
 
 
 def _cpuinfo(field):
@@ -283,7 +334,7 @@ def _library_files():
     import scipy
     out += sorted(glob.glob(os.path.join(os.path.dirname(os.path.dirname(scipy.__file__)), "scipy.libs",
                                          "*openblas*")))
-    return out + [p for p in [_find_mkl()] if p]
+    return out + [p for p in [_find_mkl(), _find_onednn()] if p]
 
 
 def _remembered(key, name=CHOICE_FILE):
@@ -416,8 +467,10 @@ def _measure_choice(addrs, key, parallel=True):
 
 #: rows from which the dense forward is cut by rows of x rather than columns of W, per backend
 #: (2 threads, 784-512-512 layers, fastbp's launches timed both ways: MKL by rows 7-20% faster
-#: from 128 rows, 0-5% below; OpenBLAS and BLIS 10-40% slower by rows below 512, 0-3% faster from)
-FORWARD_ROWS_FROM = {"mkl": 128, "openblas": 512, "blis": 512}
+#: from 128 rows, 0-5% below; OpenBLAS and BLIS 10-40% slower by rows below 512, 0-3% faster from;
+#: oneDNN (AMD EPYC VM, steps, 3 interleaved processes each) by rows from 128 rows 0-18% faster at 128
+#: and 256 rows, even at 512-1024)
+FORWARD_ROWS_FROM = {"mkl": 128, "openblas": 512, "blis": 512, "onednn": 128}
 
 
 def forward_rows_from():
@@ -460,11 +513,22 @@ def _load_candidates(candidates, want):
         llvm.add_symbol("fastbp_mkl_sgemm", s)
         llvm.add_symbol("fastbp_mkl_dgemm", d)
         bound["mkl"] = (_mkl_shim, path, None)
+    if "onednn" in candidates:
+        try:
+            s, d, path, _ = _load_onednn()
+        except (OSError, AttributeError) as e:
+            if want == "onednn":
+                raise OSError(f"FASTBP_BLAS=onednn: {e}") from None
+            candidates.remove("onednn")
+        else:
+            llvm.add_symbol("fastbp_dnnl_sgemm", s)
+            llvm.add_symbol("fastbp_f77_dgemm", d)
+            bound["onednn"] = ((_onednn_shim, _f77_shim), path, None)
     addrs = {}
     for name, (shim, _, _) in bound.items():
         addrs[name] = []
-        for ft in (types.float32, types.float64):
-            c = cfunc(_shim_sig(ft), **_SHIM_OPTS)(shim)
+        for i, ft in enumerate((types.float32, types.float64)):
+            c = cfunc(_shim_sig(ft), **_SHIM_OPTS)(shim[i] if isinstance(shim, tuple) else shim)
             _KEEP.append(c)
             addrs[name].append(c.address)
     return bound, addrs
@@ -482,12 +546,13 @@ def bind(_in_kernel=False):
         if BACKEND is not None:
             return BACKEND
         want = os.environ.get("FASTBP_BLAS", "auto").strip().lower()
-        if want not in ("auto", "blis", "openblas", "mkl"):
-            raise ValueError(f"FASTBP_BLAS must be 'auto', 'blis', 'openblas' or 'mkl', got {want!r}")
+        if want not in ("auto", "blis", "openblas", "mkl", "onednn"):
+            raise ValueError(f"FASTBP_BLAS must be 'auto', 'blis', 'openblas', 'mkl' or 'onednn', got {want!r}")
         candidates = [want]
         key = None
         if want == "auto":
-            candidates = (["blis"] if _cpu_has_avx512() else []) + ["openblas"] + (["mkl"] if _find_mkl() else [])
+            candidates = ((["blis"] if _cpu_has_avx512() else []) + ["openblas"] + (["mkl"] if _find_mkl() else [])
+                          + (["onednn"] if _find_onednn() else []))
             key = _choice_key(_library_files()) if len(candidates) > 1 else None
             known = _remembered(key) if key else None
             if known in candidates:
@@ -638,6 +703,47 @@ if not JIT_DISABLED:
         return sig, codegen
 
 
+    def _c_call(symbol, *kinds):
+        """An intrinsic calling the C function ``symbol`` (void; arguments converted to ``kinds``:
+        numba integer/float types, or ``types.voidptr`` for an array's or pointer's data)."""
+        names = ", ".join(f"a{i}" for i in range(len(kinds)))
+        scope = {}
+        exec(f"def call(typingctx, {names}):\n    return typer({names})", {"typer": lambda *a: typer(*a)}, scope)
+
+        def typer(*args):
+            sig = types.void(*args)
+
+            def codegen(context, builder, signature, vals):
+                lltys = [context.get_value_type(kd) for kd in kinds]
+                fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.VoidType(), lltys), symbol)
+                out = []
+                for val, ty, kd, llty in zip(vals, signature.args, kinds, lltys):
+                    if isinstance(ty, types.Array):
+                        out.append(builder.bitcast(context.make_array(ty)(context, builder, val).data, llty))
+                    elif kd == types.voidptr:
+                        out.append(builder.bitcast(val, llty))
+                    else:
+                        out.append(context.cast(builder, val, ty, kd))
+                builder.call(fn, out)
+                return context.get_dummy_value()
+
+            return sig, codegen
+        return intrinsic(scope["call"])
+
+    @intrinsic
+    def _omp_get_max_threads(typingctx):
+        def codegen(context, builder, signature, args):
+            i32 = ir.IntType(32)
+            fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(i32, []), "fastbp_omp_get_max_threads")
+            return builder.call(fn, [])
+        return types.int32(), codegen
+
+    _omp_set_num_threads = _c_call("fastbp_omp_set_num_threads", types.int32)
+    _i8, _i64, _f32, _vp = types.int8, types.int64, types.float32, types.voidptr
+    #: oneDNN's row-major GEMM ABI (dnnl_sgemm; dnnl_gemm_bf16bf16f32 has the same with bf16 a, b)
+    DNNL_ABI = (_i8, _i8, _i64, _i64, _i64, _f32, _vp, _i64, _vp, _i64, _f32, _vp, _i64)
+    _call_dnnl_sgemm = _c_call("fastbp_dnnl_sgemm", *DNNL_ABI)
+
     _N = np.uint8(ord("N"))
     _T = np.uint8(ord("T"))
 
@@ -676,6 +782,17 @@ if not JIT_DISABLED:
         ta, lda, tb, ldb, ldc = _f77_args(m, n, k, rsa, csa, rsb, csb, rsc)
         _call_mkl(tb, ta, n, m, k, alpha, b, ldb, a, lda, beta, c, ldc)
 
+
+    def _onednn_shim(m, n, k, alpha, a, rsa, csa, b, rsb, csb, beta, c, rsc, csc):
+        # _f77_args describes A and B as row-major operands ('N'/'T' and leading dimension), which
+        # is oneDNN's convention.  oneDNN's OpenMP GEMM runs serially only inside an active OpenMP
+        # team; in numba's 1-thread regions, on workqueue/tbb threads or from plain callers it would
+        # start a team of its own: one thread for this call, the caller's setting restored after.
+        ta, lda, tb, ldb, ldc = _f77_args(m, n, k, rsa, csa, rsb, csb, rsc)
+        keep = _omp_get_max_threads()
+        _omp_set_num_threads(1)
+        _call_dnnl_sgemm(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc)
+        _omp_set_num_threads(keep)
 
     def _blis_shim(m, n, k, alpha, a, rsa, csa, b, rsb, csb, beta, c, rsc, csc):
         _call_blis(m, n, k, alpha, a, rsa, csa, b, rsb, csb, beta, c, rsc, csc)

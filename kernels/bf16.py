@@ -25,9 +25,7 @@ Levels: ``to_bf16_rows`` / ``to_bf16_store_rows`` / ``gemm_bf16`` (serial); ``de
 blocks by weight columns/rows as in ``dense``; no checks).
 """
 import ctypes
-import glob
 import os
-import sys
 import threading
 
 import numpy as np
@@ -61,41 +59,16 @@ def cpu_supports_bf16():
 
 
 def _find_onednn():
-    """libdnnl of this environment (PyPI ``onednn-cpu-gomp``), or None."""
-    for prefix in dict.fromkeys((sys.prefix, sys.base_prefix)):
-        hits = sorted(glob.glob(os.path.join(prefix, "lib", "libdnnl.so*")))
-        if hits:
-            return hits[0]
-    return None
-
-
-class _DnnlVersion(ctypes.Structure):
-    _fields_ = [("major", ctypes.c_int), ("minor", ctypes.c_int), ("patch", ctypes.c_int),
-                ("hash", ctypes.c_char_p), ("cpu_runtime", ctypes.c_uint), ("gpu_runtime", ctypes.c_uint)]
-
-
-_DNNL_RUNTIMES = {1: "sequential", 2: "OpenMP"}   # DNNL_RUNTIME_SEQ / _OMP; TBB (4) and others are refused
+    return _blas._find_onednn()
 
 
 def _load_onednn():
-    """(library, GEMM address) of oneDNN; OSError when it is missing or not a sequential/OpenMP
-    build (a TBB or threadpool build would start threads of its own inside numba's)."""
-    path = _find_onednn()
-    if path is None:
-        raise OSError("oneDNN not found (pip install onednn-cpu-gomp)")
-    lib = ctypes.CDLL(path)
-    lib.dnnl_version.restype = ctypes.POINTER(_DnnlVersion)
-    v = lib.dnnl_version().contents
-    if v.cpu_runtime not in _DNNL_RUNTIMES:
-        raise OSError(f"{path}: oneDNN {v.major}.{v.minor} uses CPU runtime {v.cpu_runtime}; fastbp needs its "
-                      f"sequential or GNU OpenMP build (pip install onednn-cpu-gomp)")
-    gomp = ctypes.CDLL("libgomp.so.1")         # the OpenMP runtime oneDNN and numba's omp layer share
+    """Register oneDNN's bf16 GEMM: (library path, description)."""
+    lib, path, desc = _blas._open_onednn()
     import llvmlite.binding as llvm
     llvm.add_symbol("fastbp_dnnl_gemm_bf16bf16f32", ctypes.cast(lib.dnnl_gemm_bf16bf16f32, ctypes.c_void_p).value)
-    llvm.add_symbol("fastbp_omp_get_max_threads", ctypes.cast(gomp.omp_get_max_threads, ctypes.c_void_p).value)
-    llvm.add_symbol("fastbp_omp_set_num_threads", ctypes.cast(gomp.omp_set_num_threads, ctypes.c_void_p).value)
-    _LIB.extend([lib, gomp])
-    return path, f"oneDNN {v.major}.{v.minor}.{v.patch} ({_DNNL_RUNTIMES[v.cpu_runtime]})"
+    _LIB.append(lib)
+    return path, desc
 
 
 def _load_mkl_bf16():
@@ -268,10 +241,7 @@ if JIT_DISABLED:
         prod = (a @ b).astype(np.float32) * np.float32(alpha)
         C[...] = prod if beta == 0 else prod + np.float32(beta) * C
 else:
-    from llvmlite import ir
     from numba import types
-    from numba.core import cgutils
-    from numba.extending import intrinsic
 
     @jit
     def _round_row(d, s):
@@ -296,49 +266,14 @@ else:
         for r in range(r0, r1):
             _round_row(store[r].view(np.uint16), src[r].view(np.uint32))
 
-    def _c_call(symbol, *kinds):
-        """An intrinsic calling the C function ``symbol`` (void; arguments converted to ``kinds``:
-        numba integer/float types, or ``types.voidptr`` for an array's or pointer's data)."""
-        names = ", ".join(f"a{i}" for i in range(len(kinds)))
-        scope = {}
-        exec(f"def call(typingctx, {names}):\n    return typer({names})", {"typer": lambda *a: typer(*a)}, scope)
+    from ._blas import DNNL_ABI as _ABI
+    from ._blas import _c_call, _omp_get_max_threads, _omp_set_num_threads
 
-        def typer(*args):
-            sig = types.void(*args)
-
-            def codegen(context, builder, signature, vals):
-                lltys = [context.get_value_type(kd) for kd in kinds]
-                fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.VoidType(), lltys), symbol)
-                out = []
-                for val, ty, kd, llty in zip(vals, signature.args, kinds, lltys):
-                    if isinstance(ty, types.Array):
-                        out.append(builder.bitcast(context.make_array(ty)(context, builder, val).data, llty))
-                    elif kd == types.voidptr:
-                        out.append(builder.bitcast(val, llty))
-                    else:
-                        out.append(context.cast(builder, val, ty, kd))
-                builder.call(fn, out)
-                return context.get_dummy_value()
-
-            return sig, codegen
-        return intrinsic(scope["call"])
-
-    _i8, _i32, _i64, _f32, _vp = types.int8, types.int32, types.int64, types.float32, types.voidptr
-    _ABI = (_i8, _i8, _i64, _i64, _i64, _f32, _vp, _i64, _vp, _i64, _f32, _vp, _i64)
+    _i32, _f32, _vp = types.int32, types.float32, types.voidptr
     _call_bf16 = _c_call(SYMBOL, *_ABI)
     _call_onednn = _c_call("fastbp_dnnl_gemm_bf16bf16f32", *_ABI)
     _call_mkl = _c_call("fastbp_mkl_cblas_gemm_bf16bf16f32", _i32, _i32, _i32, _i32, _i32, _i32, _f32, _vp, _i32,
                         _vp, _i32, _f32, _vp, _i32)      # cblas, 32-bit ints (MKL's LP64 interface)
-
-    @intrinsic
-    def _omp_get_max_threads(typingctx):
-        def codegen(context, builder, signature, args):
-            i32 = ir.IntType(32)
-            fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(i32, []), "fastbp_omp_get_max_threads")
-            return builder.call(fn, [])
-        return types.int32(), codegen
-
-    _omp_set_num_threads = _c_call("fastbp_omp_set_num_threads", _i32)
 
     def _onednn_shim(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc):
         # oneDNN's GEMM runs serially only inside an active OpenMP team; in numba's 1-thread regions,

@@ -41,8 +41,8 @@ print(_blas.BACKEND, worst[np.float32], worst[np.float64])
 
 
 def _available():
-    from fastbp.kernels._blas import _find_mkl
-    out = ["openblas"] + (["mkl"] if _find_mkl() else [])
+    from fastbp.kernels._blas import _find_mkl, _find_onednn
+    out = ["openblas"] + (["mkl"] if _find_mkl() else []) + (["onednn"] if _find_onednn() else [])
     try:
         import blis  # noqa: F401
 
@@ -185,3 +185,32 @@ def test_choice_falls_back_to_serial_blocks(how):
     c = json.loads(r.stdout.strip().splitlines()[-1])
     assert c["timing"] == "per-thread GEMM blocks, serially" and c["backend"] in _available()
     assert all(len(v) == 9 for v in c["ms"].values()) and min(c["relative"].values()) == 1.0
+
+
+ONEDNN_THREADS = r"""
+import ctypes, os, numpy as np
+from fastbp.kernels import _blas
+assert _blas.bind() == "onednn"
+omp = ctypes.CDLL("libgomp.so.1")
+a, b = np.ones((512, 784), np.float32), np.ones((784, 512), np.float32)
+c = np.empty((512, 512), np.float32)
+before, omp_before = len(os.listdir("/proc/self/task")), omp.omp_get_max_threads()
+for _ in range(4):
+    _blas.gemm(c, a, b, False, False, 1.0, 0.0)      # serial: not inside any OpenMP team
+assert (c == 784).all()
+print(before, len(os.listdir("/proc/self/task")), omp_before, omp.omp_get_max_threads())
+"""
+
+
+@pytest.mark.skipif("onednn" not in _available(), reason="oneDNN is not installed (pip install 'fastbp[onednn]')")
+@pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="a team of one thread cannot be told apart")
+def test_onednn_sgemm_starts_no_threads_of_its_own():
+    """oneDNN's OpenMP sgemm outside an active OpenMP team (numba's 1-thread regions, plain callers)
+    would start a team of its own beside numba's threads; the shim keeps each call on the calling
+    thread and restores the caller's OpenMP setting."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OMP_", "GOMP_"))}
+    env["FASTBP_BLAS"] = "onednn"
+    r = subprocess.run([sys.executable, "-c", ONEDNN_THREADS], capture_output=True, text=True, env=env, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    before, after, omp_before, omp_after = map(int, r.stdout.split())
+    assert after == before and omp_after == omp_before > 1
