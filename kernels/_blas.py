@@ -153,11 +153,10 @@ class _DnnlVersion(ctypes.Structure):
 _DNNL_RUNTIMES = {1: "sequential", 2: "OpenMP"}   # DNNL_RUNTIME_SEQ / _OMP; TBB (4) and others are refused
 
 
-def _open_onednn():
-    """(library, path, description) of oneDNN, with the OpenMP thread-count functions its shims use
-    registered; OSError when it is missing or not a sequential/OpenMP build (a TBB or threadpool
-    build would start threads of its own inside numba's)."""
-    path = _find_onednn()
+def _open_onednn(path):
+    """(library, path, description) of the oneDNN at ``path``, with the OpenMP thread-count functions
+    its shims use registered; OSError when it is missing (None) or not a sequential/OpenMP build (a
+    TBB or threadpool build would start threads of its own inside numba's)."""
     if path is None:
         raise OSError("oneDNN not found (pip install onednn-cpu-gomp)")
     lib = ctypes.CDLL(path)
@@ -176,7 +175,7 @@ def _open_onednn():
 
 def _load_onednn():
     """oneDNN's sgemm for float32; float64 stays on SciPy's OpenBLAS (oneDNN has no dgemm)."""
-    lib, path, _ = _open_onednn()
+    lib, path, _ = _open_onednn(_find_onednn())
     _, d, _, _ = _load_openblas()
     return ctypes.cast(lib.dnnl_sgemm, ctypes.c_void_p).value, d, path, None
 

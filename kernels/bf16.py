@@ -64,7 +64,7 @@ def _find_onednn():
 
 def _load_onednn():
     """Register oneDNN's bf16 GEMM: (library path, description)."""
-    lib, path, desc = _blas._open_onednn()
+    lib, path, desc = _blas._open_onednn(_find_onednn())
     import llvmlite.binding as llvm
     llvm.add_symbol("fastbp_dnnl_gemm_bf16bf16f32", ctypes.cast(lib.dnnl_gemm_bf16bf16f32, ctypes.c_void_p).value)
     _LIB.append(lib)

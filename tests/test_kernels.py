@@ -216,7 +216,8 @@ def test_forward_cut_rule():
     assert forward_by_rows(1, NARROW_COLS * 2 - 1, 2, 0)          # narrow: by rows, even with fewer rows than chunks
     assert not forward_by_rows(4096, NARROW_COLS * 2, 2, 0)      # rows_from 0: never for wide outputs
     assert forward_by_rows(128, 512, 2, 128) and not forward_by_rows(127, 512, 2, 128)
-    assert K.forward_rows_from() == {"mkl": 128, "openblas": 512, "blis": 512}.get(K.blas_backend(), 0)
+    assert K.forward_rows_from() == {"mkl": 128, "openblas": 512, "blis": 512, "onednn": 128}.get(
+        K.blas_backend(), 0)
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
