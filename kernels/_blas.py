@@ -116,13 +116,19 @@ def _load_openblas():
     return s, d, path, None
 
 
-def _find_mkl():
-    """libmkl_rt of this environment (PyPI ``mkl``), or None."""
+def _find_in_env_lib(pattern):
+    """The first file matching ``pattern`` in this environment's lib folder (where PyPI's data
+    wheels put shared libraries), or None."""
     for prefix in dict.fromkeys((sys.prefix, sys.base_prefix)):
-        hits = sorted(glob.glob(os.path.join(prefix, "lib", "libmkl_rt.so*")))
+        hits = sorted(glob.glob(os.path.join(prefix, "lib", pattern)))
         if hits:
             return hits[0]
     return None
+
+
+def _find_mkl():
+    """libmkl_rt of this environment (PyPI ``mkl``), or None."""
+    return _find_in_env_lib("libmkl_rt.so*")
 
 
 def _load_mkl():
@@ -138,11 +144,7 @@ def _load_mkl():
 
 def _find_onednn():
     """libdnnl of this environment (PyPI ``onednn-cpu-gomp``), or None."""
-    for prefix in dict.fromkeys((sys.prefix, sys.base_prefix)):
-        hits = sorted(glob.glob(os.path.join(prefix, "lib", "libdnnl.so*")))
-        if hits:
-            return hits[0]
-    return None
+    return _find_in_env_lib("libdnnl.so*")
 
 
 class _DnnlVersion(ctypes.Structure):
@@ -489,19 +491,25 @@ def _load_candidates(candidates, want):
     import llvmlite.binding as llvm
     from numba import cfunc
     candidates = list(candidates)
-    bound = {}     # backend -> (shim, library path, BLIS kernel set)
-    if "blis" in candidates:
+    bound = {}     # backend -> (shim or (f32 shim, f64 shim), library path, BLIS kernel set)
+
+    def optional(name, load):
+        """``load()``, or None when it fails and ``name`` was not asked for by name."""
         try:
-            bs, bd, cntx, path, kernels = _load_blis()
+            return load()
         except (ImportError, OSError, AttributeError) as e:
-            if want == "blis":
-                raise OSError(f"FASTBP_BLAS=blis: {e}") from None
-            candidates.remove("blis")
-        else:
-            llvm.add_symbol("fastbp_bli_sgemm_ex", bs)
-            llvm.add_symbol("fastbp_bli_dgemm_ex", bd)
-            llvm.add_symbol("fastbp_blis_cntx", cntx)
-            bound["blis"] = (_blis_shim, path, kernels)
+            if want == name:
+                raise OSError(f"FASTBP_BLAS={name}: {e}") from None
+            candidates.remove(name)
+            return None
+
+    got = optional("blis", _load_blis) if "blis" in candidates else None
+    if got:
+        bs, bd, cntx, path, kernels = got
+        llvm.add_symbol("fastbp_bli_sgemm_ex", bs)
+        llvm.add_symbol("fastbp_bli_dgemm_ex", bd)
+        llvm.add_symbol("fastbp_blis_cntx", cntx)
+        bound["blis"] = (_blis_shim, path, kernels)
     if "openblas" in candidates:
         s, d, path, _ = _load_openblas()
         llvm.add_symbol("fastbp_f77_sgemm", s)
@@ -512,17 +520,12 @@ def _load_candidates(candidates, want):
         llvm.add_symbol("fastbp_mkl_sgemm", s)
         llvm.add_symbol("fastbp_mkl_dgemm", d)
         bound["mkl"] = (_mkl_shim, path, None)
-    if "onednn" in candidates:
-        try:
-            s, d, path, _ = _load_onednn()
-        except (OSError, AttributeError) as e:
-            if want == "onednn":
-                raise OSError(f"FASTBP_BLAS=onednn: {e}") from None
-            candidates.remove("onednn")
-        else:
-            llvm.add_symbol("fastbp_dnnl_sgemm", s)
-            llvm.add_symbol("fastbp_f77_dgemm", d)
-            bound["onednn"] = ((_onednn_shim, _f77_shim), path, None)
+    got = optional("onednn", _load_onednn) if "onednn" in candidates else None
+    if got:
+        s, d, path, _ = got
+        llvm.add_symbol("fastbp_dnnl_sgemm", s)
+        llvm.add_symbol("fastbp_f77_dgemm", d)
+        bound["onednn"] = ((_onednn_shim, _f77_shim), path, None)
     addrs = {}
     for name, (shim, _, _) in bound.items():
         addrs[name] = []

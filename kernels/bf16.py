@@ -12,7 +12,7 @@ regions like every fastbp GEMM.  ``bind_bf16`` loads it and must run before any 
 compiled or loaded.  Two libraries can provide it (``pip install fastbp[bf16]`` installs both):
 
 - oneDNN's ``dnnl_gemm_bf16bf16f32`` (PyPI ``onednn-cpu-gomp``, the GNU-OpenMP build): uses
-  AVX512_BF16 on any CPU that has it (2.0x its fp32 rate on an AMD EPYC, measured);
+  AVX512_BF16 on any CPU that has it (2.0x sgemm's rate on an AMD EPYC, measured);
 - Intel MKL's ``cblas_gemm_bf16bf16f32`` (PyPI ``mkl``): AMX/AVX512_BF16 on Intel CPUs only.
 
 ``FASTBP_BF16_GEMM=auto|onednn|mkl`` picks one; ``auto`` times both once per machine (one step's
@@ -59,6 +59,7 @@ def cpu_supports_bf16():
 
 
 def _find_onednn():
+    """libdnnl of this environment, or None (the same file the fp32 BLAS candidate uses)."""
     return _blas._find_onednn()
 
 
@@ -92,6 +93,7 @@ def _find(name):
 def _load(name):
     """Load backend ``name`` and register its symbols: (library path, description)."""
     return _load_onednn() if name == "onednn" else _load_mkl_bf16()
+
 
 #: (m, n, k, A transposed, B transposed): one step's per-thread bf16 GEMM blocks (784-512-512 MLP,
 #: 2 threads, batch 128 and 512), timed when both libraries are installed
