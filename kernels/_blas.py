@@ -741,6 +741,16 @@ if not JIT_DISABLED:
         return types.int32(), codegen
 
     _omp_set_num_threads = _c_call("fastbp_omp_set_num_threads", types.int32)
+
+    @jit(inline="always")
+    def _one_omp_thread():
+        """Before a oneDNN call: OpenMP's thread count set to 1; returns the caller's, to restore
+        with ``_omp_set_num_threads(keep)`` after.  oneDNN's OpenMP GEMMs run serially inside an
+        active OpenMP team (numba's omp layer shares the system libgomp) but start a team of their
+        own in numba's 1-thread regions, on workqueue/tbb threads and from plain callers."""
+        keep = _omp_get_max_threads()
+        _omp_set_num_threads(1)
+        return keep
     _i8, _i64, _f32, _vp = types.int8, types.int64, types.float32, types.voidptr
     #: oneDNN's row-major GEMM ABI (dnnl_sgemm; dnnl_gemm_bf16bf16f32 has the same with bf16 a, b)
     DNNL_ABI = (_i8, _i8, _i64, _i64, _i64, _f32, _vp, _i64, _vp, _i64, _f32, _vp, _i64)
@@ -787,12 +797,9 @@ if not JIT_DISABLED:
 
     def _onednn_shim(m, n, k, alpha, a, rsa, csa, b, rsb, csb, beta, c, rsc, csc):
         # _f77_args describes A and B as row-major operands ('N'/'T' and leading dimension), which
-        # is oneDNN's convention.  oneDNN's OpenMP GEMM runs serially only inside an active OpenMP
-        # team; in numba's 1-thread regions, on workqueue/tbb threads or from plain callers it would
-        # start a team of its own: one thread for this call, the caller's setting restored after.
+        # is oneDNN's convention
         ta, lda, tb, ldb, ldc = _f77_args(m, n, k, rsa, csa, rsb, csb, rsc)
-        keep = _omp_get_max_threads()
-        _omp_set_num_threads(1)
+        keep = _one_omp_thread()
         _call_dnnl_sgemm(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc)
         _omp_set_num_threads(keep)
 

@@ -269,7 +269,7 @@ else:
             _round_row(store[r].view(np.uint16), src[r].view(np.uint32))
 
     from ._blas import DNNL_ABI as _ABI
-    from ._blas import _c_call, _omp_get_max_threads, _omp_set_num_threads
+    from ._blas import _c_call, _omp_set_num_threads, _one_omp_thread
 
     _i32, _f32, _vp = types.int32, types.float32, types.voidptr
     _call_bf16 = _c_call(SYMBOL, *_ABI)
@@ -278,11 +278,7 @@ else:
                         _vp, _i32, _f32, _vp, _i32)      # cblas, 32-bit ints (MKL's LP64 interface)
 
     def _onednn_shim(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc):
-        # oneDNN's GEMM runs serially only inside an active OpenMP team; in numba's 1-thread regions,
-        # on workqueue/tbb threads or from plain callers it would start a team of its own.  One thread
-        # for this call (numba owns the threads), the caller's setting restored after.
-        keep = _omp_get_max_threads()
-        _omp_set_num_threads(1)
+        keep = _one_omp_thread()              # one thread for this call: numba owns the threads
         _call_onednn(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc)
         _omp_set_num_threads(keep)
 

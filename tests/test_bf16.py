@@ -276,10 +276,10 @@ def rebind(monkeypatch, tmp_path):
 def test_each_bf16_library_matches_the_product_of_the_rounded_operands(backend, ta, tb, rng):
     if backend not in _backends():
         pytest.skip(f"{backend} is not installed (pip install 'fastbp[bf16]')")
-    if not cpu_bf16():
+    if not K.cpu_supports_bf16():
         pytest.skip("needs AVX512_BF16/AMX")
     K._load(backend)
-    shim = K._SHIMS.setdefault(backend, K._shim_address(backend))
+    shim = K._SHIMS.get(backend) or K._shim_address(backend)
     m, n, k = 61, 45, 70
     A16 = rng.integers(0x3C00, 0x4100, (k, m + 5) if ta else (m, k + 5), dtype=np.uint16)   # strided: lda > cols
     B16 = rng.integers(0xBC00, 0xC100, (n, k + 2) if tb else (k, n + 2), dtype=np.uint16)
@@ -292,10 +292,6 @@ def test_each_bf16_library_matches_the_product_of_the_rounded_operands(backend, 
     ref = -0.5 * ((a.T if ta else a) @ (b.T if tb else b)) + 2.0 * C0[:, :n]
     np.testing.assert_allclose(C[:, :n], ref, rtol=1e-5, atol=1e-5 * np.abs(ref).max())
     assert np.array_equal(C[:, n:], C0[:, n:].astype(np.float32))          # columns past n untouched
-
-
-def cpu_bf16():
-    return K.cpu_supports_bf16()
 
 
 @pytest.mark.jit
@@ -343,7 +339,7 @@ def test_onednn_gemm_starts_no_threads_of_its_own():
     import os
     import subprocess
     import sys
-    if "onednn" not in _backends() or not cpu_bf16():
+    if "onednn" not in _backends() or not K.cpu_supports_bf16():
         pytest.skip("needs oneDNN and a CPU with bf16")
     if (os.cpu_count() or 1) < 2:
         pytest.skip("a team of one thread cannot be told apart")
