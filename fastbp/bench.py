@@ -670,14 +670,17 @@ def bf16(batch_sizes=(32, 128, 512, 2048), repeat=7, out=None):
     say("\nbf16 mixed precision (dense GEMM operands in bf16, fp32 accumulation and master weights); "
         f"the bf16 GEMM alone ({info['library']}, {info['choice']['how']}): {bf16_speedup():.2f}x the fp32 GEMM "
         "(one block, one thread)")
-    say(f"{'batch':>6} {'fp32 ms':>9} {'bf16 ms':>9} {'speedup':>8}")
+    say("speedup: median over rounds of fp32 / bf16 (each round times one block of each, back to back)")
+    say(f"{'batch':>6} {'fp32 ms':>9} {'bf16 ms':>9} {'speedup':>8} {'quartiles':>11}")
     for B in batch_sizes:
-        st = {k: spread(v) for k, v in _measure({"fp32": _fastbp_step(B, rng), "bf16": _fastbp_step(B, rng, "bf16")},
-                                                repeat).items()}
+        samples = _measure({"fp32": _fastbp_step(B, rng), "bf16": _fastbp_step(B, rng, "bf16")}, repeat)
+        st = {k: spread(v) for k, v in samples.items()}
+        ratios = [f / b for f, b in zip(samples["fp32"], samples["bf16"])]
+        q = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else ratios * 3
         row = {"batch": B, "fp32_ms": st["fp32"]["median"] * 1e3, "bf16_ms": st["bf16"]["median"] * 1e3,
-               "speedup": st["fp32"]["median"] / st["bf16"]["median"], "spread": st}
+               "speedup": statistics.median(ratios), "speedup_quartiles": [q[0], q[2]], "spread": st}
         rows.append(row)
-        say(f"{B:>6} {row['fp32_ms']:9.3f} {row['bf16_ms']:9.3f} {row['speedup']:8.2f}")
+        say(f"{B:>6} {row['fp32_ms']:9.3f} {row['bf16_ms']:9.3f} {row['speedup']:8.2f} {q[0]:5.2f}-{q[2]:4.2f}")
     return rows
 
 

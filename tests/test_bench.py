@@ -47,3 +47,15 @@ def test_measure_interleaves_peers_and_drops_one_that_dies():
         for p in peers.values():
             p.close()
     assert "fake" not in samples and len(samples["local"]) == 4   # it died after 2 blocks
+
+
+def test_bf16_speedup_is_the_median_of_per_round_ratios(monkeypatch):
+    import fastbp.kernels as kern
+    monkeypatch.setattr(kern, "bf16_info", lambda: {"library": "fake", "choice": {"how": "asked"}})
+    monkeypatch.setattr(kern, "bf16_speedup", lambda: 2.0, raising=False)
+    monkeypatch.setattr(bench, "_fastbp_step", lambda B, rng, precision="fp32": None)
+    # per round: fp32/bf16 = 2, 2.5, 1 (median 2); the ratio of the medians would be 3/3 = 1
+    monkeypatch.setattr(bench, "_measure", lambda c, repeat: {"fp32": [1.0, 10.0, 3.0], "bf16": [0.5, 4.0, 3.0]})
+    (row,) = bench.bf16((64,), repeat=3)
+    assert row["speedup"] == pytest.approx(2.0)
+    assert row["fp32_ms"] == pytest.approx(3000.0) and row["bf16_ms"] == pytest.approx(3000.0)

@@ -28,9 +28,11 @@ needs_bf16 = pytest.mark.skipif(not _usable(),
 
 
 def ref_bf16(a):
-    """Reference rounding in float64 arithmetic: nearest bf16, ties to even (NaN kept)."""
+    """Reference rounding in integer arithmetic: nearest bf16, ties to even, NaN kept, denormal inputs
+    to a zero of their sign (kernels.bf16.ROUNDING)."""
     a = np.asarray(a, np.float32)
     u = a.view(np.uint32).astype(np.int64)
+    u = np.where(u & 0x7F800000, u, u & 0x80000000)
     lo = u & 0xFFFF
     hi = u >> 16
     up = (lo > 0x8000) | ((lo == 0x8000) & (hi & 1 == 1))
@@ -59,6 +61,41 @@ def test_rounding_is_nearest_even_and_keeps_specials():
     assert np.isnan(got[~finite]).all()
     assert widen(out)[0, 11] == np.float32(1.0) and widen(out)[0, 12] == np.float32(1.015625)   # ties to even
     assert widen(out)[0, 13] == np.float32(1.0078125)                 # just above a tie: up
+
+
+@pytest.mark.skipif(JIT_DISABLED or not K.HW_ROUND, reason="numba does not target AVX512_BF16 here")
+def test_the_cpu_instruction_and_the_software_rounding_agree_on_every_float32():
+    from numba import njit
+
+    @njit
+    def mismatches(chunk):
+        src = np.empty(chunk, np.uint32)
+        hw = np.empty(chunk, np.uint16)
+        sw = np.empty(chunk, np.uint16)
+        bad, first = 0, -1
+        for base in range(0, 2 ** 32, chunk):
+            for j in range(chunk):
+                src[j] = np.uint32(base + j)
+            K._round_row(hw, src)
+            K._round_sw(sw, src, 0)
+            for j in range(chunk):
+                if hw[j] != sw[j]:
+                    bad += 1
+                    if first < 0:
+                        first = base + j
+        return bad, first
+    assert mismatches(1 << 16) == (0, -1)
+
+
+def test_instruction_is_used_only_where_numba_targets_it(monkeypatch):
+    from numba.core import config
+    monkeypatch.setattr(config, "CPU_NAME", "generic")
+    assert not K._compiles_for_bf16()
+    monkeypatch.setattr(config, "CPU_NAME", None)
+    monkeypatch.setattr(config, "CPU_FEATURES", "+avx2,+fma")
+    assert not K._compiles_for_bf16()
+    monkeypatch.setattr(config, "CPU_FEATURES", "+avx512f,+avx512bf16")
+    assert K._compiles_for_bf16()
 
 
 @needs_bf16
