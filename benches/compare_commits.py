@@ -55,8 +55,8 @@ def main():
     for B in [int(v) for v in a.batch_sizes.split(",")]:
         procs = {}
         for k, py in (("old", a.old), ("new", a.new)):   # one after the other: each calibrates alone
-            procs[k] = subprocess.Popen([py, "-c", WORKER, str(B), a.precision], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                        text=True, cwd="/")
+            procs[k] = subprocess.Popen([py, "-c", WORKER, str(B), a.precision], stdin=subprocess.PIPE,
+                                        stdout=subprocess.PIPE, text=True, cwd="/")
             assert procs[k].stdout.readline().strip() == "ready"
         t = {"old": [], "new": []}
         for r in range(a.rounds):

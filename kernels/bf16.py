@@ -266,9 +266,8 @@ if JIT_DISABLED:
         prod = (a @ b).astype(np.float32) * np.float32(alpha)
         C[...] = prod if beta == 0 else prod + np.float32(beta) * C
 else:
-    from numba import types
-
     from llvmlite import ir
+    from numba import types
     from numba.core import cgutils
     from numba.extending import intrinsic
 
