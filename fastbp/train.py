@@ -21,7 +21,7 @@ import numpy as np
 from . import inputs
 from . import optim as O
 from ._threads import Governor, adaptive, chunk_count, fixed_chunks
-from .kernels import count_nonfinite
+from .kernels import count_nonfinite, take_rows_launch
 from .program import compile_seconds
 
 
@@ -48,13 +48,14 @@ def _set_optimizer(model, optimizer, lr):
     model.optimizer = new
 
 
-def _memory_batches(X, y, bounds, order):
-    """In-memory data: (rows, fill) per step; ``fill`` gathers the rows into the workspace."""
+def _memory_batches(X, y, bounds, order, nt):
+    """In-memory data: (rows, fill) per step; ``fill`` gathers the rows into the workspace (X by
+    ``nt`` chunks over the threads: X is C-contiguous of the model's dtype, ``order`` in range)."""
     for s, e in bounds:
         idx = order[s:e]
 
         def fill(ws, idx=idx):
-            np.take(X, idx, axis=0, out=ws.x)
+            take_rows_launch(ws.x, X, idx, nt)
             np.take(y, idx, axis=0, out=ws.y)
         yield e - s, fill
 
@@ -289,7 +290,7 @@ def _fit(model, X, y, epochs, batch_size, lr, optimizer, shuffle, seed, validati
             else:
                 rng = np.random.default_rng([seed, epoch])
                 order = rng.permutation(n) if shuffle else np.arange(n)
-                batches, total_rows = _memory_batches(X, y, bounds, order), n
+                batches, total_rows = _memory_batches(X, y, bounds, order, nt), n
             t0, c0 = time.perf_counter(), compile_seconds[0]
             total, correct, done, lr_t = 0.0, 0.0, 0, base_lr
             if step is not None:   # distributed: the step gathers its own shard of the batch's rows

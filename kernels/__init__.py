@@ -69,6 +69,8 @@ _EXPORTS = {
     "dropout_backward_launch": ("dropout", "dropout_backward_launch"),
     "dropout_forward": ("dropout", "dropout_forward"),
     "dropout_forward_launch": ("dropout", "dropout_forward_launch"),
+    "take_rows": ("gather", "take_rows"),
+    "take_rows_launch": ("gather", "take_rows_launch"),
     "count_argmax_correct": ("loss", "count_argmax_correct"),
     "count_threshold_correct": ("loss", "count_threshold_correct"),
     "mse": ("loss", "mse"),

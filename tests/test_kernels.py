@@ -254,3 +254,49 @@ def test_forward_cut_along_d_inside_a_parallel_caller(rng):
     _outer_ksplit(outs, x, W, b, partials)
     for i in range(3):
         close(outs[i], np.tanh(x @ W + b), np.float64)
+
+
+# --------------------------------------------------------------------------- gather
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("nthreads", [1, 2, 3])
+def test_take_rows_is_numpy_take(rng, dtype, nthreads):
+    src = rng.standard_normal((50, 13)).astype(dtype)
+    idx = rng.integers(0, 50, 17)
+    idx[0], idx[-1] = 0, 49                                  # the first and last rows
+    out = np.full((17, 13), np.nan, dtype)
+    assert K.take_rows(out, src, idx, nthreads=nthreads) is out
+    assert np.array_equal(out, np.take(src, idx, axis=0))
+    empty = np.empty((0, 13), dtype)
+    K.take_rows(empty, src, idx[:0])
+
+
+def test_take_rows_errors_name_the_argument_and_write_nothing(rng):
+    src = rng.standard_normal((5, 3))
+    out = np.zeros((2, 3))
+    for args, exc, msg in [
+        ((out, src, np.array([0, 5])), ValueError, r"idx: entry 1 is 5, outside \[0, 5\)"),
+        ((out, src, np.array([-1, 0])), ValueError, r"idx: entry 0 is -1"),
+        ((out, src, np.array([0, 1], np.int32)), TypeError, "idx: expected a 1-D int64"),
+        ((out, src, np.array([0, 1, 2])), ValueError, r"out: expected shape \(3, 3\)"),
+        ((out.astype(np.float32), src, np.array([0, 1])), TypeError, "out: expected dtype float64"),
+        ((src[:2], src, np.array([3, 4])), ValueError, "out: overlaps src"),
+        ((out, src.T.copy().T, np.array([0, 1])), ValueError, "src: expected a C-contiguous"),
+    ]:
+        with pytest.raises(exc, match=msg):
+            K.take_rows(*args)
+    assert not out.any()
+
+
+@njit(parallel=True)
+def _outer_take(outs, src, idx):
+    for i in prange(outs.shape[0]):
+        K.take_rows_launch(outs[i], src, idx, 2)
+
+
+def test_take_rows_inside_a_parallel_caller(rng):
+    src = rng.standard_normal((40, 6)).astype(np.float32)
+    idx = rng.permutation(40)[:9]
+    outs = np.zeros((3, 9, 6), np.float32)
+    _outer_take(outs, src, idx)
+    for i in range(3):
+        assert np.array_equal(outs[i], src[idx])
