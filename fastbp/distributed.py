@@ -250,9 +250,7 @@ class Step:
         ws, ios, fwd, loss_prog, bwd, update = self._parts(rows, off)
         if plan.precision == "bf16":
             ws.bf16_ok[:] = 0       # the weights changed since (broadcast, all-reduced update)
-        mine = idx[off:off + rows]
-        np.take(X, mine, axis=0, out=ws.x)
-        np.take(y, mine, axis=0, out=ws.y)
+        ws.gather(X, y, idx[off:off + rows], nt)
         reduce = comm.allreduce
         for kind, part in fwd:
             if kind == "program":
@@ -284,9 +282,7 @@ class Step:
         ws = self.cache.get(key)
         if ws is None:
             ws = self.cache[key] = Workspace(self.plan, rows, off)
-        mine = idx[off:off + rows]
-        np.take(X, mine, axis=0, out=ws.x)
-        np.take(y, mine, axis=0, out=ws.y)
+        ws.gather(X, y, idx[off:off + rows], nt)
         loss = self.plan.run(ws, "train", t, lr, True, nt, self.optimizer, self.opt_state)
         return loss, float(ws.stats[1]), rows
 

@@ -21,7 +21,7 @@ import numpy as np
 from . import inputs
 from . import optim as O
 from ._threads import Governor, adaptive, chunk_count, fixed_chunks
-from .kernels import count_nonfinite, take_rows_launch
+from .kernels import count_nonfinite
 from .program import compile_seconds
 
 
@@ -50,13 +50,12 @@ def _set_optimizer(model, optimizer, lr):
 
 def _memory_batches(X, y, bounds, order, nt):
     """In-memory data: (rows, fill) per step; ``fill`` gathers the rows into the workspace (X by
-    ``nt`` chunks over the threads: X is C-contiguous of the model's dtype, ``order`` in range)."""
+    ``nt`` chunks over the threads)."""
     for s, e in bounds:
         idx = order[s:e]
 
         def fill(ws, idx=idx):
-            take_rows_launch(ws.x, X, idx, nt)
-            np.take(y, idx, axis=0, out=ws.y)
+            ws.gather(X, y, idx, nt)
         yield e - s, fill
 
 

@@ -6,6 +6,7 @@ batch size; inference takes one from a pool for the duration of the call, so con
 """
 import numpy as np
 
+from .kernels import take_rows_launch
 from .kernels.validate import max_threads
 from .program import set_item, typed_list
 
@@ -75,6 +76,18 @@ class Workspace:
             self._ids[key] = (len(lst) - 1, a)
             self._finished = False
         return self._ids[key][0]
+
+    def gather(self, X, y, idx, nt):
+        """``x := X[idx]``, ``y := y[idx]``: a batch's rows into this workspace.  X by the threads
+        (``nt`` chunks, ``take_rows_launch``) when it is C-contiguous of the model's dtype and
+        ``idx`` int64 in range (the trainers' permutations), else ``np.take`` (which raises
+        IndexError for a row outside X)."""
+        if (X.dtype == self.x.dtype and X.flags.c_contiguous and idx.dtype == np.int64 and idx.size
+                and idx.min() >= 0 and idx.max() < X.shape[0]):
+            take_rows_launch(self.x, X, idx, nt)
+        else:
+            np.take(X, idx, axis=0, out=self.x)
+        np.take(y, idx, axis=0, out=self.y)
 
     def reading(self, x):
         """Context: the programs read the batch from ``x`` (N, D0), C-contiguous of this dtype, in

@@ -42,3 +42,17 @@ def test_sphere_sigmoid_3_3_2_1_mse_separates():
     acc = ((m.predict(Xt)[:, 0] >= 0.5) == yt).mean()
     print(f"sphere test accuracy {acc:.4f}")
     assert acc >= 0.99
+
+
+def test_workspace_gather_takes_the_rows_by_threads_or_by_numpy(rng):
+    m = Model([Dense(3)], input_dim=4)
+    ws = m.plan.train_workspace(5)
+    y = rng.integers(0, 3, 20)
+    for X in (rng.random((20, 4)).astype(np.float32),                  # the kernel
+              rng.random((20, 4)),                                       # float64 X: numpy
+              np.asfortranarray(rng.random((20, 4)).astype(np.float32))):   # not C-contiguous: numpy
+        for idx in (rng.permutation(20)[:5], rng.permutation(20)[:5].astype(np.int32)):
+            ws.gather(X, y, idx, 2)
+            assert np.array_equal(ws.x, X[idx].astype(np.float32)) and np.array_equal(ws.y, y[idx])
+    with pytest.raises(IndexError):
+        ws.gather(rng.random((20, 4)).astype(np.float32), y, np.array([0, 1, 2, 3, 20]), 2)
