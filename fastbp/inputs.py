@@ -1,7 +1,7 @@
 """Checks and conversions of user data (X, y, batch sizes) before anything runs."""
 import numpy as np
 
-from .kernels import count_nonfinite
+from .kernels import PARALLEL_SCAN_FROM, count_nonfinite, count_nonfinite_launch
 from .kernels.validate import flag, integer, scalar  # noqa: F401  (re-exported for the facade)
 
 
@@ -27,6 +27,14 @@ def as_array(v, name):
     return a
 
 
+def nonfinite(flat):
+    """Number of NaN/inf entries of a 1-D array: numba's threads scan large arrays (one slice each)."""
+    if flat.shape[0] < PARALLEL_SCAN_FROM:
+        return count_nonfinite(flat)
+    import numba
+    return count_nonfinite_launch(flat, numba.get_num_threads())
+
+
 def features(X, dtype, input_dim, name="X"):
     """X as a C-contiguous (n, input_dim) array of ``dtype``: a copy unless it already is one
     (any array-like is accepted, see ``as_array``).  ``input_dim`` None accepts any width."""
@@ -40,7 +48,7 @@ def features(X, dtype, input_dim, name="X"):
     if input_dim is not None and X.shape[1] != input_dim:
         raise ValueError(f"{name}: expected {input_dim} features, got {X.shape[1]}")
     X = np.ascontiguousarray(X, dtype=dtype)
-    if count_nonfinite(X.reshape(-1)):
+    if nonfinite(X.reshape(-1)):
         raise ValueError(f"{name}: contains NaN or inf")
     return X
 

@@ -57,6 +57,10 @@ class Loss:
     def predict(self, p):
         return p
 
+    def labels(self, z):
+        """What ``Model.predict`` returns, from the last layer's outputs ``z``."""
+        return self.predict(self.proba(z).astype(z.dtype, copy=False))
+
     def __repr__(self):
         return repr(self.name)
 
@@ -119,6 +123,11 @@ class SoftmaxCE(Loss):
 
     def predict(self, p):
         return p.argmax(axis=1)
+
+    def labels(self, z):
+        # the largest logit: softmax keeps the order and the float32 probabilities of two close
+        # logits can tie (argmax of those picks the first; the accuracy count uses the logits too)
+        return z.argmax(axis=1)
 
 
 @jit

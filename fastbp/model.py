@@ -198,8 +198,7 @@ class Model:
 
     def predict(self, X, batch_size=1024):
         """Class labels (softmax_ce), 0/1 (sigmoid_bce, threshold 0.5) or outputs (mse); eval mode."""
-        p = self.predict_proba(X, batch_size)
-        return self.plan.loss.predict(p)
+        return self.plan.loss.labels(self._outputs(X, batch_size, training=False))
 
     def evaluate(self, X, y, batch_size=1024):
         """Mean loss and accuracy (classification) in eval mode: {'loss': ..., 'accuracy': ...}."""

@@ -27,6 +27,8 @@ _EXPORTS = {
     "bind_blas": ("_blas", "bind"),
     "cpu_model": ("_blas", "cpu_model"),
     "count_nonfinite": ("_check", "count_nonfinite"),
+    "count_nonfinite_launch": ("_check", "count_nonfinite_launch"),
+    "PARALLEL_SCAN_FROM": ("_check", "PARALLEL_SCAN_FROM"),
     "first_out_of_range": ("_check", "first_out_of_range"),
     "JIT_DISABLED": ("_jit", "JIT_DISABLED"),
     "jit": ("_jit", "jit"),

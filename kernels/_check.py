@@ -4,30 +4,51 @@ Every checked wrapper validates *all* of its arguments with these helpers before
 kernel runs, so a bad call raises ``TypeError``/``ValueError`` naming the argument and
 writes nothing.
 """
+import functools
+
 import numpy as np
+from numba import prange
 
 from ._jit import JIT_DISABLED, jit
 from .validate import flag, integer, max_threads, real, scalar, threads  # noqa: F401  (one import point)
 
 
-def _jit_or_numpy(fn):
-    """``count_nonfinite``: jitted; in pure-Python mode numpy's isfinite (``inf - inf`` would warn)."""
+def _jit_or_numpy(fn, parallel=False):
+    """``count_nonfinite``(``_launch``): jitted; in pure-Python mode numpy's isfinite (``inf - inf`` would warn)."""
     if JIT_DISABLED:
-        return lambda flat: int(np.count_nonzero(~np.isfinite(flat)))
-    return jit(fn)
+        return lambda flat, nchunks=1: int(np.count_nonzero(~np.isfinite(flat)))
+    return jit(fn, parallel=parallel)
 
 FLOATS = (np.float32, np.float64)
 
 
 @_jit_or_numpy
 def count_nonfinite(flat):
-    """Number of NaN/inf entries of a 1-D array (jitted; documented helper)."""
+    """Number of NaN/inf entries of a 1-D array, on the calling thread (jitted; documented helper)."""
     n = 0
     for i in range(flat.shape[0]):
         v = flat[i]
         if not (v - v == 0):   # false for nan and +-inf; survives fastmath (no nnan/ninf)
             n += 1
     return n
+
+
+#: below this many entries a parallel scan costs more than it saves (callers scan serially)
+PARALLEL_SCAN_FROM = 1 << 18
+
+
+@functools.partial(_jit_or_numpy, parallel=True)
+def count_nonfinite_launch(flat, nchunks):
+    """``count_nonfinite`` by ``nchunks`` slices over numba's threads (a count per slice, summed;
+    the result does not depend on ``nchunks``).  Allocates the per-slice counts."""
+    n = flat.shape[0]
+    partial = np.zeros(nchunks, np.int64)
+    for c in prange(nchunks):       # sliced first, then scanned from 0 (see the README: it vectorizes)
+        partial[c] = count_nonfinite(flat[(c * n) // nchunks:((c + 1) * n) // nchunks])
+    total = 0
+    for c in range(nchunks):
+        total += partial[c]
+    return total
 
 
 @jit

@@ -89,6 +89,23 @@ def test_predict_evaluate_and_proba(rng):
     assert ev["accuracy"] == pytest.approx((m.predict(X) == y).mean())
 
 
+def test_predict_picks_the_largest_logit_where_probabilities_tie(rng):
+    """Labels come from the logits: two logits 0 and 1e-30 have equal softmax probabilities
+    (in float32 and float64), and the label is the larger logit, as the accuracy count has it."""
+    from fastbp.losses import get
+    z = np.array([[0.0, 1e-30, -5.0], [2.0, 2.0, 1.0], [-1.0, 3.0, 3.0 + 1e-6]], np.float32)
+    sm = get("softmax_ce")
+    assert np.array_equal(sm.labels(z), [1, 0, 2])
+    assert sm.proba(z)[0, 0] == sm.proba(z)[0, 1]           # the tie the probabilities have
+    m = Model([Dense(16, "tanh"), Dense(3)])
+    X, y = _data(rng, 300)
+    m.fit(X, y, epochs=1, lr=0.2)
+    assert np.array_equal(m.predict(X), m.forward(X).argmax(axis=1))
+    for loss in ("sigmoid_bce", "mse"):                      # the others: their rule on the probabilities
+        L = get(loss)
+        assert np.array_equal(L.labels(z), L.predict(L.proba(z).astype(np.float32)))
+
+
 def test_model_input_errors(rng):
     X, y = _data(rng, 20)
     m = Model([Dense(4, "tanh"), Dense(3)])

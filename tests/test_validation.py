@@ -49,6 +49,31 @@ def test_nan_and_inf_in_inputs():
     _raises(ValueError, "b: contains NaN or inf", K.dense_forward, out, x, W, b, untouched=out)
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+def test_count_nonfinite_counts_every_slice(threads):
+    """The parallel scan (one slice per chunk) counts NaN/inf at the slices' first and last entries
+    and both ends of the array, for any chunk count; features' check uses it on large inputs."""
+    from fastbp import get_num_threads, inputs, set_num_threads
+    n = K.PARALLEL_SCAN_FROM + 7
+    for dtype in (np.float32, np.float64):
+        a = np.ones(n, dtype)
+        where = sorted({0, n - 1, n // 2 - 1, n // 2, n // 2 + 1, n // 3, n // 7 - 1, 12345})
+        a[where] = ([np.nan, np.inf, -np.inf] * 3)[:len(where)]
+        for nchunks in (1, 2, 3, 7):
+            assert K.count_nonfinite_launch(a, nchunks) == len(where), nchunks
+            assert K.count_nonfinite_launch(np.ones(n, dtype), nchunks) == 0
+        assert K.count_nonfinite(a) == len(where)
+        old = get_num_threads()
+        set_num_threads(threads)
+        try:
+            assert inputs.nonfinite(a) == len(where)
+            assert inputs.nonfinite(a[:1000]) == sum(w < 1000 for w in where)   # the serial path
+            with pytest.raises(ValueError, match="X: contains NaN or inf"):
+                inputs.features(a.reshape(-1, 1), np.float32, 1)
+        finally:
+            set_num_threads(old)
+
+
 def test_empty_batch():
     out, x, W, b = _dense(N=0)
     _raises(ValueError, "x: empty batch", K.dense_forward, out, x, W, b)
