@@ -88,20 +88,30 @@ _TANH_CLAMP = np.float32(40.0)
 
 
 @jit
-def exp_f32(x):
-    """float32 exp, branch-free; flushes results below 2**-126 to 0; NaN gives NaN."""
-    if JIT_DISABLED and x != x:   # pure Python: math.floor(nan) raises; compiled code gives NaN below
-        return x
-    xc = min(max(x, _LO), _HI)
-    n = np.float32(np.floor(xc * _LOG2E + _HALF))   # float32 throughout: math.floor gives an int64,
-    r = (xc - n * _LN2_HI) - n * _LN2_LO             # which made all below float64 (half the lanes)
+def _reduce_ln2(u):
+    """(n, r) with u = n ln2 + r, n integral, |r| <= ln2 / 2 (Cody-Waite: ln2 in two parts)."""
+    n = np.float32(np.floor(u * _LOG2E + _HALF))   # float32 throughout: math.floor gives an int64,
+    return n, (u - n * _LN2_HI) - n * _LN2_LO       # which made all below float64 (half the lanes)
+
+
+@jit
+def _exp_tail(r):
+    """P(r) = 1/2 + r/6 + ... + r^5/7!, so that exp(r) = 1 + r + r^2 P(r) (truncation < 1e-8)."""
     p = _E7
     p = p * r + _E6
     p = p * r + _E5
     p = p * r + _E4
     p = p * r + _E3
-    p = p * r + _E2
-    p = p * r + _ONE
+    return p * r + _E2
+
+
+@jit
+def exp_f32(x):
+    """float32 exp, branch-free; flushes results below 2**-126 to 0; NaN gives NaN."""
+    if JIT_DISABLED and x != x:   # pure Python: math.floor(nan) raises; compiled code gives NaN below
+        return x
+    n, r = _reduce_ln2(min(max(x, _LO), _HI))
+    p = _exp_tail(r) * r + _ONE
     p = p * r + _ONE
     # 2**n from the exponent bits; n reaches 128 just below the overflow threshold, so that case
     # is p * 2**127 with one more added to the exponent field of the product: an integer add,
@@ -122,15 +132,8 @@ def tanh_f32(x):
         return x
     a = abs(x)
     u = min(a + a, _TANH_CLAMP)                     # NaN stays NaN (min keeps its first argument)
-    n = np.float32(np.floor(u * _LOG2E + _HALF))    # u = n ln2 + r, |r| <= ln2 / 2, 0 <= n <= 58
-    r = (u - n * _LN2_HI) - n * _LN2_LO
-    p = _E7
-    p = p * r + _E6
-    p = p * r + _E5
-    p = p * r + _E4
-    p = p * r + _E3
-    p = p * r + _E2
-    q = (r * r) * p + r                             # expm1(r)
+    n, r = _reduce_ln2(u)                           # 0 <= n <= 58
+    q = (r * r) * _exp_tail(r) + r                  # expm1(r)
     s = _i32_as_f32((np.int32(n) + 127) << 23)      # 2**n, exact
     e = s * q + (s - _ONE)                          # expm1(u) = 2**n expm1(r) + (2**n - 1)
     y = e / (e + _TWO)
