@@ -127,7 +127,8 @@ def exp_f32(x):
 @jit
 def tanh_f32(x):
     """float32 tanh, branch-free: with e = expm1(2|x|), tanh|x| = e / (e + 2), exact in the limit of
-    small |x| (no cancellation, so no separate polynomial near 0) and 1 from |x| = 20 on."""
+    small |x| (no cancellation, so no separate polynomial near 0); |x| is clamped at 20, where
+    tanh is 1 in float32 (it is from |x| ~ 9 on)."""
     if JIT_DISABLED and x != x:   # pure Python: np.int32(nan) below raises; compiled code gives NaN
         return x
     a = abs(x)

@@ -91,3 +91,15 @@ def test_nan_and_inf_propagate_like_libm():
         with np.errstate(over="ignore"):
             for v in (np.float32(np.inf), np.float32(-np.inf)):
                 assert f(v) == np.float32(ref(v)), (f, v)
+
+
+def test_nan_propagates_in_the_vectorized_loops():
+    """The SIMD loops, not only the scalar calls: a clamp compiled to vminps/vmaxps with its
+    operands swapped would turn NaN into the clamp bound (tanh(NaN) = 1) without a trace."""
+    x = np.full(1000, np.nan, np.float32)
+    x[::3] = 0.5
+    for f in (M.tanh_array, M.exp_array, M.sigmoid_array):
+        out = np.empty_like(x)
+        f(out, x)
+        assert np.isnan(out[1::3]).all() and np.isnan(out[2::3]).all(), f
+        assert np.isfinite(out[::3]).all(), f
