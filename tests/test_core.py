@@ -136,6 +136,34 @@ def test_concurrent_predict_from_four_threads_equals_serial(rng):
     assert not errors and len(out) == 4
 
 
+def test_parallel_input_check_from_four_threads(rng):
+    """The threads' NaN/inf scan of large inputs (a parallel region per call) started from four
+    Python threads at once: every call counts right, and predict on such inputs still raises."""
+    from fastbp import inputs
+    from fastbp.kernels import PARALLEL_SCAN_FROM
+    a = rng.standard_normal(PARALLEL_SCAN_FROM * 2 + 3).astype(np.float32)
+    bad = rng.choice(a.size, 37, replace=False)
+    a[bad[:20]] = np.nan
+    a[bad[20:]] = np.inf
+    counts, errors = [], []
+
+    def work():
+        try:
+            for _ in range(20):
+                counts.append(inputs.nonfinite(a))
+        except Exception as e:   # pragma: no cover - reported below
+            errors.append(e)
+    ts = [threading.Thread(target=work) for _ in range(4)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join(120)
+    assert not errors and counts == [37] * 80
+    m = Model([Dense(4, "tanh"), Dense(3)], input_dim=a.size // 1000)
+    with pytest.raises(ValueError, match="X: contains NaN or inf"):
+        m.predict(a[:1000 * (a.size // 1000)].reshape(1000, -1))
+
+
 @pytest.mark.parametrize("how", ["pickle", "deepcopy"])
 def test_pickle_and_deepcopy_round_trip_bitwise(rng, how):
     X, y = _data(rng, 256)
