@@ -36,9 +36,8 @@ def rounds(B, n_rounds, peers):
             peer.close()
     out = {"batch": B, "fastbp_ms": statistics.median(s["fastbp"]) * 1e3}
     for p in started:
-        r = [a / b for a, b in zip(s["fastbp"], s[p])]
-        out[p] = {"ms": statistics.median(s[p]) * 1e3, "ratio_median": statistics.median(r),
-                  "q1": float(np.percentile(r, 25)), "q3": float(np.percentile(r, 75))}
+        r = bench.round_ratios(s["fastbp"], s[p])
+        out[p] = {"ms": statistics.median(s[p]) * 1e3, "ratio_median": r["median"], "q1": r["q1"], "q3": r["q3"]}
         print(f"batch {B:>5}: fastbp/{p} median {out[p]['ratio_median']:.3f} (quartiles {out[p]['q1']:.3f}-"
               f"{out[p]['q3']:.3f}); fastbp {out['fastbp_ms']:.3f} ms, {p} {out[p]['ms']:.3f} ms", flush=True)
     return out

@@ -438,6 +438,14 @@ def _measure(contenders, repeat, target=0.05, peers=None):
     return samples
 
 
+def round_ratios(a, b):
+    """Median and quartiles over rounds of a[i] / b[i] (two contenders' blocks of one round): on a
+    VM whose speed drifts, steadier than the ratio of two medians."""
+    r = [x / y for x, y in zip(a, b)]
+    q = statistics.quantiles(r, n=4) if len(r) > 1 else r * 3
+    return {"median": statistics.median(r), "q1": q[0], "q3": q[2]}
+
+
 def spread(samples):
     """min / median / max of a list of seconds, and the relative spread (max - min) / median."""
     med = statistics.median(samples)
@@ -496,6 +504,8 @@ def run(batch_sizes=(32, 128, 512, 2048), repeat=7, peers=True, scaling=True, ep
                "ratio_numpy": m["fastbp"] / m["numpy"], "ratio_floor": m["fastbp"] / floor}
         for p in peer_list:
             row[f"ratio_{p}"] = m["fastbp"] / m[p] if p in m else None
+            if p in samples:    # blocks of one round: fastbp's, then each peer's
+                row[f"round_ratio_{p}"] = round_ratios(samples["fastbp"], samples[p])
         res["steps"].append(row)
         for k, v in st.items():
             if v["spread"] > WIDE_SPREAD:
@@ -511,6 +521,14 @@ def run(batch_sizes=(32, 128, 512, 2048), repeat=7, peers=True, scaling=True, ep
             f"{floor * 1e3:9.3f}"
             + "".join(f" {cell(p)}" for p in peer_list) + f" {row['ratio_numpy']:9.2f} {row['ratio_floor']:9.2f}"
             + "".join(f" {row[f'ratio_{p}']:8.2f}" if row.get(f"ratio_{p}") else f" {'-':>8}" for p in peer_list))
+    rounds = [(r["batch"], p, r[f"round_ratio_{p}"]) for r in res["steps"] for p in peer_list
+              if f"round_ratio_{p}" in r]
+    if rounds:
+        say(f"\nvs peers per round: median over the {repeat} rounds of fastbp's block / the peer's block "
+            "[quartiles]")
+        for B in batch_sizes:
+            say(f"{B:>6} " + "   ".join(f"vs {p} {q['median']:.2f} [{q['q1']:.2f}-{q['q3']:.2f}]"
+                                         for b, p, q in rounds if b == B))
     if scaling:
         say("\nthread scaling, batch 128 (fastbp step)")
         say(f"{'threads':>7} {'ms':>8} {'speedup':>8}")
@@ -675,12 +693,11 @@ def bf16(batch_sizes=(32, 128, 512, 2048), repeat=7, out=None):
     for B in batch_sizes:
         samples = _measure({"fp32": _fastbp_step(B, rng), "bf16": _fastbp_step(B, rng, "bf16")}, repeat)
         st = {k: spread(v) for k, v in samples.items()}
-        ratios = [f / b for f, b in zip(samples["fp32"], samples["bf16"])]
-        q = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else ratios * 3
+        rr = round_ratios(samples["fp32"], samples["bf16"])
         row = {"batch": B, "fp32_ms": st["fp32"]["median"] * 1e3, "bf16_ms": st["bf16"]["median"] * 1e3,
-               "speedup": statistics.median(ratios), "speedup_quartiles": [q[0], q[2]], "spread": st}
+               "speedup": rr["median"], "speedup_quartiles": [rr["q1"], rr["q3"]], "spread": st}
         rows.append(row)
-        say(f"{B:>6} {row['fp32_ms']:9.3f} {row['bf16_ms']:9.3f} {row['speedup']:8.2f} {q[0]:5.2f}-{q[2]:4.2f}")
+        say(f"{B:>6} {row['fp32_ms']:9.3f} {row['bf16_ms']:9.3f} {row['speedup']:8.2f} {rr['q1']:5.2f}-{rr['q3']:4.2f}")
     return rows
 
 

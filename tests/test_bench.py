@@ -59,3 +59,32 @@ def test_bf16_speedup_is_the_median_of_per_round_ratios(monkeypatch):
     (row,) = bench.bf16((64,), repeat=3)
     assert row["speedup"] == pytest.approx(2.0)
     assert row["fp32_ms"] == pytest.approx(3000.0) and row["bf16_ms"] == pytest.approx(3000.0)
+
+
+def test_step_table_reports_per_round_ratios_against_each_peer(monkeypatch):
+    """``fastbp bench`` gives, beside the ratio of medians, the median over rounds of fastbp's block
+    / the peer's block of the same round (the steadier figure on a drifting VM)."""
+    import io
+
+    class Peer:
+        def close(self):
+            pass
+    monkeypatch.setattr(bench, "metadata", lambda: {"load_average": (0.0,), "versions": {}, "commit": None,
+                                                    "cpu": "fake", "threading": {"blas": "fake"}, "cpus": 2})
+    monkeypatch.setattr(bench, "peers_available", lambda: ["fake"])
+    monkeypatch.setattr(bench, "sgemm_peak", lambda nt: 100.0)
+    monkeypatch.setattr(bench, "_gemm_floor_steps", lambda B, rng: (None, None))
+    monkeypatch.setattr(bench, "_fastbp_step", lambda B, rng, precision="fp32": None)
+    monkeypatch.setattr(bench, "_reference_step", lambda B, rng: None)
+    monkeypatch.setattr(bench, "_start_peers", lambda names, B, nt, warn: {"fake": Peer()})
+    # per round: fastbp / fake = 2, 2.5, 1 (median 2); the ratio of the medians is 3 / 3 = 1
+    monkeypatch.setattr(bench, "_measure", lambda c, repeat, peers=None: {
+        "fastbp": [1.0, 10.0, 3.0], "numpy": [1.0] * 3, "gemm_numpy": [1.0] * 3, "gemm_fastbp": [1.0] * 3,
+        "fake": [0.5, 4.0, 3.0]})
+    out = io.StringIO()
+    res = bench.run(batch_sizes=(64,), repeat=3, scaling=False, out=out)
+    (row,) = res["steps"]
+    assert row["ratio_fake"] == pytest.approx(1.0)
+    assert row["round_ratio_fake"]["median"] == pytest.approx(2.0)
+    assert row["round_ratio_fake"]["q1"] <= 2.0 <= row["round_ratio_fake"]["q3"]
+    assert "vs peers per round" in out.getvalue() and "vs fake 2.00" in out.getvalue()
