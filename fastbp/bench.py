@@ -521,14 +521,13 @@ def run(batch_sizes=(32, 128, 512, 2048), repeat=7, peers=True, scaling=True, ep
             f"{floor * 1e3:9.3f}"
             + "".join(f" {cell(p)}" for p in peer_list) + f" {row['ratio_numpy']:9.2f} {row['ratio_floor']:9.2f}"
             + "".join(f" {row[f'ratio_{p}']:8.2f}" if row.get(f"ratio_{p}") else f" {'-':>8}" for p in peer_list))
-    rounds = [(r["batch"], p, r[f"round_ratio_{p}"]) for r in res["steps"] for p in peer_list
-              if f"round_ratio_{p}" in r]
-    if rounds:
+    if any(f"round_ratio_{p}" in r for r in res["steps"] for p in peer_list):
         say(f"\nvs peers per round: median over the {repeat} rounds of fastbp's block / the peer's block "
             "[quartiles]")
-        for B in batch_sizes:
-            say(f"{B:>6} " + "   ".join(f"vs {p} {q['median']:.2f} [{q['q1']:.2f}-{q['q3']:.2f}]"
-                                         for b, p, q in rounds if b == B))
+        for r in res["steps"]:
+            q = {p: r[f"round_ratio_{p}"] for p in peer_list if f"round_ratio_{p}" in r}
+            say(f"{r['batch']:>6} " + "   ".join(f"vs {p} {v['median']:.2f} [{v['q1']:.2f}-{v['q3']:.2f}]"
+                                                  for p, v in q.items()))
     if scaling:
         say("\nthread scaling, batch 128 (fastbp step)")
         say(f"{'threads':>7} {'ms':>8} {'speedup':>8}")

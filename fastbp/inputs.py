@@ -1,7 +1,7 @@
 """Checks and conversions of user data (X, y, batch sizes) before anything runs."""
 import numpy as np
 
-from .kernels import PARALLEL_SCAN_FROM, count_nonfinite, count_nonfinite_launch
+from .kernels import count_nonfinite_launch
 from .kernels.validate import flag, integer, scalar  # noqa: F401  (re-exported for the facade)
 
 
@@ -29,8 +29,6 @@ def as_array(v, name):
 
 def nonfinite(flat):
     """Number of NaN/inf entries of a 1-D array: numba's threads scan large arrays (one slice each)."""
-    if flat.shape[0] < PARALLEL_SCAN_FROM:
-        return count_nonfinite(flat)
     import numba
     return count_nonfinite_launch(flat, numba.get_num_threads())
 

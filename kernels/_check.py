@@ -33,15 +33,18 @@ def count_nonfinite(flat):
     return n
 
 
-#: below this many entries a parallel scan costs more than it saves (callers scan serially)
+#: below this many entries a parallel scan costs more than it saves: the launch scans serially
 PARALLEL_SCAN_FROM = 1 << 18
 
 
 @functools.partial(_jit_or_numpy, parallel=True)
 def count_nonfinite_launch(flat, nchunks):
     """``count_nonfinite`` by ``nchunks`` slices over numba's threads (a count per slice, summed;
-    the result does not depend on ``nchunks``).  Allocates the per-slice counts."""
+    the result does not depend on ``nchunks``), from ``PARALLEL_SCAN_FROM`` entries on; shorter
+    arrays are scanned on the calling thread.  Allocates the per-slice counts."""
     n = flat.shape[0]
+    if n < PARALLEL_SCAN_FROM or nchunks <= 1:
+        return count_nonfinite(flat)
     partial = np.zeros(nchunks, np.int64)
     for c in prange(nchunks):       # sliced first, then scanned from 0 (see the README: it vectorizes)
         partial[c] = count_nonfinite(flat[(c * n) // nchunks:((c + 1) * n) // nchunks])
