@@ -10,6 +10,7 @@ import glob
 import io
 import json
 import os
+import socket
 import tempfile
 import time
 import zipfile
@@ -22,6 +23,7 @@ from .kernels import count_nonfinite
 
 FORMAT_VERSION = 2
 _STALE_SECONDS = 3600
+SUFFIXES = (".npz", ".safetensors")
 
 
 def architecture(model):
@@ -46,21 +48,47 @@ def _meta(model):
             "history": model.history, "training": model.training}
 
 
+def _temp_prefix(pid=None):
+    """Temp files carry the writer's host and pid, so a later save can tell a dead writer's file."""
+    return f".fastbp-{socket.gethostname()}-{os.getpid() if pid is None else pid}-"
+
+
+def _alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:   # exists, owned by another user
+        return True
+    return True
+
+
+def remove_stale_temps(folder):
+    """Remove temp files of killed saves in ``folder``: those of a process of this host that is gone,
+    and any older than an hour (another host's, or an older fastbp's unnamed ones)."""
+    now, host = time.time(), socket.gethostname()
+    for old in glob.glob(os.path.join(folder, ".fastbp-*.tmp")):
+        parts = os.path.basename(old)[len(".fastbp-"):].rsplit("-", 2)
+        try:
+            dead = len(parts) == 3 and parts[0] == host and not _alive(int(parts[1]))
+        except ValueError:
+            dead = False
+        try:
+            if dead or now - os.path.getmtime(old) > _STALE_SECONDS:
+                os.unlink(old)
+        except OSError:
+            pass
+
+
 def write_atomic(path, data, kind):
     """Write bytes to ``path`` atomically (temp file in the same folder, fsync, rename); first
-    removes temp files of earlier killed writes older than an hour."""
+    removes temp files of earlier killed writes (``remove_stale_temps``)."""
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder):
         raise FileNotFoundError(f"{path}: folder {folder} does not exist")
-    now = time.time()
-    for old in glob.glob(os.path.join(folder, ".fastbp-*.tmp")):
-        try:
-            if now - os.path.getmtime(old) > _STALE_SECONDS:
-                os.unlink(old)
-        except OSError:
-            pass
-    fd, tmp = tempfile.mkstemp(prefix=".fastbp-", suffix=kind + ".tmp", dir=folder)
+    remove_stale_temps(folder)
+    fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(), suffix=kind + ".tmp", dir=folder)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -84,6 +112,8 @@ def save(model, path):
     parameters; removes stale temp files of earlier killed saves."""
     if not model.built:
         raise ValueError("save: the model has no parameters yet (call fit or build first)")
+    if not os.fspath(path).lower().endswith(SUFFIXES):
+        raise ValueError(f"path {os.fspath(path)!r}: expected a file ending in .npz or .safetensors")
     if count_nonfinite(model.params):
         raise ValueError("save: the parameters contain NaN or inf; refusing to write a broken checkpoint")
     meta = json.dumps(_meta(model))
@@ -127,6 +157,10 @@ def read(path):
     """(arrays, meta) of a checkpoint; ValueError naming the file on anything malformed."""
     if is_safetensors(path):
         return _read_safetensors(path)
+    with open(path, "rb") as f:
+        if f.read(4) != b"PK\x03\x04":   # every npz is a zip archive
+            raise ValueError(f"{path}: not a fastbp checkpoint (expected an .npz or .safetensors file written by "
+                             f"Model.save)")
     try:
         with open(path, "rb") as f, np.load(f, allow_pickle=False) as z:
             arrays = {k: z[k] for k in z.files}
@@ -204,10 +238,18 @@ def apply(model, arrays, meta, path):
                 raise ValueError(f"{path}: missing array {key!r}")
             staged.append((key, a, arrays[key]))
     for k, a in opt_state.items():
+        if a.size and f"opt_{k}" not in arrays:
+            raise ValueError(f"{path}: missing optimizer state {'opt_' + k!r} of {type(opt).__name__}")
         if f"opt_{k}" in arrays:
             staged.append((f"opt_{k}", a, arrays[f"opt_{k}"]))
+    nonneg = {f"opt_{k}" for k in getattr(opt, "nonnegative_state", ())} | {
+        f"{pre}{op.index}_{k}" for op in model.plan.ops for k in getattr(op, "nonnegative_state", ())
+        for pre in ("state", "bn")}
     for name, dst, src in staged:   # check everything first: nothing is half-written
         _put(path, name, np.empty_like(dst), src)
+        if name in nonneg and np.any(np.asarray(src) < 0):
+            raise ValueError(f"{path}: array {name!r} has negative entries (it holds variances or second moments, "
+                             f"which cannot be negative)")
     for _, dst, src in staged:
         dst[...] = src
     model.step_count, model.epochs_done = counters

@@ -9,8 +9,11 @@ from .kernels.validate import Bf16Unavailable
 
 
 def _hidden(s):
+    items = [v.strip() for v in s.split(",")]
+    if "" in items:
+        raise argparse.ArgumentTypeError(f"expected comma-separated ints like 512,512 with no empty item, got {s!r}")
     try:
-        sizes = [int(v) for v in s.split(",") if v.strip()]
+        sizes = [int(v) for v in items]
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected comma-separated ints like 512,512, got {s!r}") from None
     if not sizes or min(sizes) < 1:
@@ -38,9 +41,16 @@ class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescription
     pass
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors as one line and a pointer to --help (exit 2), not the whole usage block."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
 def build_parser():
     from fastbp import __version__
-    p = argparse.ArgumentParser(prog="fastbp", description="Numba-accelerated backprop for MLPs on CPUs",
+    p = _Parser(prog="fastbp", description="Numba-accelerated backprop for MLPs on CPUs",
                                 formatter_class=_Formatter)
     p.add_argument("--version", action="version", version=f"fastbp {__version__}")
     p.add_argument("--debug", action="store_true", help="show the Python traceback of errors")
@@ -74,7 +84,8 @@ def build_parser():
                    help="hold out this fraction of the training set for per-epoch validation (the test set is "
                         "then evaluated once, at the end); without it the test set is the per-epoch validation")
     t.add_argument("--early-stopping", type=_positive(int), default=None, metavar="N",
-                   help="stop when the validation loss has not improved for N epochs; keep the best epoch")
+                   help="stop when the validation loss has not improved for N epochs; keep the best epoch (without "
+                        "--validation-split, 10%% of the training set is held out to choose it: never the test set)")
     t.add_argument("--history", default=None, help="write the history as JSON (or CSV if it ends in .csv)")
     t.add_argument("--no-progress", action="store_true",
                    help="no progress bar (it is also off when stderr is not a terminal)")
@@ -154,10 +165,18 @@ class UsageError(Exception):
     """An expected problem with the command's input: printed as one line, exit code 2."""
 
 
+#: the file kinds each output option can write (by suffix)
+SUFFIXES = {"--save": (".npz", ".safetensors"), "--checkpoint": (".npz", ".safetensors"),
+            "--history": (".json", ".csv"), "--json": (".json",)}
+
+
 def _check_output(path, flag):
-    """Fail before any work if ``path`` cannot be written."""
+    """Fail before any work if ``path`` cannot be written or has a suffix ``flag`` cannot write."""
     if path is None:
         return
+    kinds = SUFFIXES.get(flag)
+    if kinds and not path.lower().endswith(kinds):
+        raise UsageError(f"{flag} {path}: expected a file ending in {' or '.join(kinds)}")
     folder = os.path.dirname(os.path.abspath(path))
     if os.path.isdir(path):
         raise UsageError(f"{flag} {path}: is a folder, expected a file path")
@@ -258,6 +277,22 @@ def _distributed(args):
     return comm
 
 
+#: the validation fraction `train --early-stopping` holds out when no --validation-split is given
+EARLY_STOPPING_SPLIT = 0.1
+
+
+def _choose_blas():
+    """The once-per-machine BLAS timing, announced and done before training (never inside an epoch)."""
+    from fastbp.kernels import bind_blas, blas_choice_pending
+    if not blas_choice_pending():
+        return
+    print("fastbp: timing the installed GEMM libraries on a training step's shapes to pick the fastest "
+          "(once per machine, remembered; FASTBP_BLAS=<name> skips it)...", flush=True)
+    t0 = time.perf_counter()
+    backend = bind_blas()
+    print(f"fastbp: picked {backend} in {time.perf_counter() - t0:.1f} s", flush=True)
+
+
 def cmd_train(args):
     comm = _distributed(args)
     import fastbp
@@ -275,6 +310,11 @@ def cmd_train(args):
     for path, flag in ((args.save, "--save"), (args.checkpoint, "--checkpoint"), (args.history, "--history")):
         _check_output(path, flag)
     rank0 = comm is None or comm.rank == 0
+    if args.early_stopping and not args.validation_split:
+        # model selection must never look at the test set: hold out part of the training set instead
+        args.validation_split = EARLY_STOPPING_SPLIT
+        print(f"--early-stopping without --validation-split: holding out {EARLY_STOPPING_SPLIT:.0%} of the training "
+              f"set to choose the epoch; the test set is evaluated once, at the end")
     if args.resume and not args.checkpoint:
         raise UsageError("--resume: needs --checkpoint PATH (the file to continue from)")
     if args.checkpoint and os.path.exists(args.checkpoint) and not args.resume:
@@ -337,6 +377,7 @@ def cmd_train(args):
                   flush=True)
 
     from fastbp.callbacks import EarlyStopping
+    _choose_blas()
     val = {"validation_split": args.validation_split} if args.validation_split else {"validation_data": (Xt, yt)}
     stopper = [EarlyStopping("val_loss", patience=args.early_stopping)] if args.early_stopping else []
     try:
@@ -356,9 +397,11 @@ def cmd_train(args):
     if stopper and stopper[0].stopped_epoch:
         print(f"early stopping after epoch {stopper[0].stopped_epoch}: kept epoch {stopper[0].best_epoch} "
               f"(best {vname} loss)")
-    if args.validation_split or stopper:
+    if args.validation_split:
         ev = model.evaluate(Xt, yt)
-        print(f"test loss {ev['loss']:.4f}, test accuracy {100 * ev['accuracy']:.2f}% (final model)")
+        chosen = "epoch chosen on the validation split; " if stopper else ""
+        print(f"test loss {ev['loss']:.4f}, test accuracy {100 * ev['accuracy']:.2f}% (final model; {chosen}"
+              f"the test set was not used in training)")
     if args.save and rank0:
         model.save(args.save)
         print(f"saved {args.save}")

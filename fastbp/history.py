@@ -8,7 +8,10 @@ EPOCH_KEYS = ("epoch", "loss", "accuracy", "val_loss", "val_accuracy", "seconds"
 
 
 def save_history(history, path):
+    """Write ``history`` as JSON (``.json``) or CSV (``.csv``, the per-epoch columns)."""
     path = os.fspath(path)
+    if not path.lower().endswith((".json", ".csv")):
+        raise ValueError(f"path {path!r}: expected a file ending in .json or .csv")
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     if path.endswith(".csv"):
         keys = [k for k in EPOCH_KEYS if history.get(k)]

@@ -187,9 +187,14 @@ class Model:
             out[s:s + ws.N] = ws.outs[-1]
         return out
 
-    def forward(self, X, batch_size=1024):
-        """Outputs of the last layer (logits for softmax_ce/sigmoid_bce) in the current mode."""
-        return self._outputs(X, batch_size, self.training)
+    def forward(self, X, batch_size=1024, training=False):
+        """Outputs of the last layer (logits for softmax_ce/sigmoid_bce).  Inference (running statistics
+        in BatchNorm, no dropout) unless ``training=True``: then BatchNorm uses the statistics of all
+        rows as one batch and dropout the mask of the next step.  Neither changes any state: only
+        training (``fit``, ``train_on_batch``) moves running statistics."""
+        if not isinstance(training, (bool, np.bool_)):
+            raise TypeError(f"training: expected True or False, got {type(training).__name__}")
+        return self._outputs(X, batch_size, bool(training))
 
     def predict_proba(self, X, batch_size=1024):
         """Class probabilities (softmax_ce), sigmoid probabilities (sigmoid_bce) or outputs (mse); eval mode."""

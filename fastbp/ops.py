@@ -297,6 +297,8 @@ class BatchNormOp(Op):
     def param_shapes(self):
         return {"gamma": (self.out_dim,), "beta": (self.out_dim,)}
 
+    nonnegative_state = ("running_var",)   # a checkpoint with a negative variance is refused
+
     def state_shapes(self):
         return {"running_mean": ((self.out_dim,), 0.0), "running_var": ((self.out_dim,), 1.0)}
 

@@ -72,6 +72,7 @@ class Adam:
     weight_decay: float = 0.0
     decoupled = False
     fusable = False
+    nonnegative_state = ("v",)   # second moments: a checkpoint with a negative one is refused
 
     def __post_init__(self):
         n = type(self).__name__

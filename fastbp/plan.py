@@ -4,8 +4,9 @@
 
     train:   forward of every op (training mode)  -> loss (value and gradient)
              -> backward of every op, last to first -> optimizer update (unless fused)
-    grads:   the same without the update (and BatchNorm running stats left unchanged)
+    grads:   the same without the update
     forward: forward of every op;   evaluate: forward -> loss value
+    (running statistics move in 'train' only)
 
 Each program is one jitted call (``fastbp.program``), whatever the layer mix.  Plain SGD is
 *fused*: the backward launches update the parameters in place and write no gradients.
@@ -137,7 +138,8 @@ class Plan:
             return prog
         ops, n = self.ops, len(self.ops)
         ios = [IO(ws, ops, i) for i in range(n)]
-        entries = [op.forward_entry(io, update_stats=(kind != "grads")) for op, io in zip(ops, ios)]
+        # running statistics move in training steps only: never in 'grads', 'forward' or 'evaluate'
+        entries = [op.forward_entry(io, update_stats=(kind == "train")) for op, io in zip(ops, ios)]
         if kind in ("train", "grads", "evaluate"):
             want_grad = kind != "evaluate"
             entries.append(self.loss.entry(ios[-1], ops[-1], want_grad, count))

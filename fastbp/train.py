@@ -21,7 +21,7 @@ import numpy as np
 from . import inputs
 from . import optim as O
 from ._threads import Governor, adaptive, chunk_count, fixed_chunks
-from .kernels import count_nonfinite
+from .kernels import bind_blas, count_nonfinite
 from .program import compile_seconds
 
 
@@ -271,6 +271,7 @@ def _fit(model, X, y, epochs, batch_size, lr, optimizer, shuffle, seed, validati
         bounds = _batch_bounds(n, B, per_batch)
         if n < per_batch:
             raise ValueError(f"X: BatchNorm in training needs at least {plan.min_train_rows} rows, got {n}")
+    bind_blas()            # once per process (and the BLAS timing once per machine): before any epoch's timer
     nt = chunk_count()     # chunks per kernel for the whole fit (validation too), whichever threads run them
     gov = Governor(compiling=compile_seconds) if comm is None and nt > 1 and adaptive() else contextlib.nullcontext()
     model.train()

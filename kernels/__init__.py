@@ -25,6 +25,7 @@ import importlib
 # SciPy; a name is imported from its module on first access.
 _EXPORTS = {
     "bind_blas": ("_blas", "bind"),
+    "blas_choice_pending": ("_blas", "choice_pending"),
     "cpu_model": ("_blas", "cpu_model"),
     "count_nonfinite": ("_check", "count_nonfinite"),
     "count_nonfinite_launch": ("_check", "count_nonfinite_launch"),

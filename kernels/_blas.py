@@ -536,6 +536,19 @@ def _load_candidates(candidates, want):
     return bound, addrs
 
 
+def choice_pending():
+    """True when the next ``bind()`` will time several BLAS candidates (``FASTBP_BLAS=auto``, more
+    than one installed, no remembered pick for this machine): a few seconds, once per machine.
+    Lets a caller announce that work and do it before anything is timed.  Loads nothing."""
+    if BACKEND is not None or JIT_DISABLED or os.environ.get("FASTBP_BLAS", "auto").strip().lower() != "auto":
+        return False
+    candidates = ((["blis"] if _cpu_has_avx512() else []) + ["openblas"] + (["mkl"] if _find_mkl() else [])
+                  + (["onednn"] if _find_onednn() else []))
+    if len(candidates) < 2 or _under_launcher() or _choice_path() is None:
+        return False
+    return _remembered(_choice_key(_library_files())) not in candidates
+
+
 def bind(_in_kernel=False):
     """Bind the GEMM table to the backend chosen by ``FASTBP_BLAS`` (once; later calls return at once).
 

@@ -137,3 +137,28 @@ def test_dropout_vs_reference_with_same_mask(rng):
     dx = np.empty_like(x)
     K.dropout_backward(dx, g, 0.4, seed=5)
     np.testing.assert_allclose(dx, ref.backward(g), rtol=1e-15)
+
+
+def test_forward_is_inference_by_default_and_moves_no_running_statistics():
+    """After fit, forward(X) is inference (equal to predict_proba's logits path) and no call but
+    training changes BatchNorm's running statistics, not even forward(X, training=True)."""
+    import fastbp
+    rng = np.random.default_rng(1)
+    X = rng.standard_normal((64, 6)).astype(np.float32)
+    y = rng.integers(0, 3, 64)
+    m = fastbp.Model([fastbp.Dense(8), fastbp.BatchNorm("tanh"), fastbp.Dropout(0.3), fastbp.Dense(3)], seed=0)
+    m.fit(X, y, epochs=2, batch_size=16)
+    stats = [a.copy() for op in m.layers for a in op.state.values()]
+    p0 = m.predict_proba(X)
+    z = m.forward(X)
+    np.testing.assert_array_equal(z, m.forward(X[:32]).tolist() + m.forward(X[32:]).tolist())  # row-wise
+    zt = m.forward(X, training=True)
+    assert not np.array_equal(z, zt), "training=True must use batch statistics and dropout"
+    m.loss_and_grads(X, y)
+    m.evaluate(X, y)
+    after = [a for op in m.layers for a in op.state.values()]
+    for a, b in zip(stats, after):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(p0, m.predict_proba(X))
+    with pytest.raises(TypeError, match="training"):
+        m.forward(X, training="yes")

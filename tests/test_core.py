@@ -39,12 +39,12 @@ def test_leaky_relu_negative_or_nan_alpha_rejected():
 
 def test_training_forward_treats_rows_as_one_batch(rng):
     X, _ = _data(rng, 40)
-    m = Model([Dense(16), BatchNorm("tanh"), Dropout(0.5), Dense(3)], input_dim=12).train()
-    a = m.forward(X, batch_size=8)
-    b = m.forward(X, batch_size=1000)
+    m = Model([Dense(16), BatchNorm("tanh"), Dropout(0.5), Dense(3)], input_dim=12)
+    a = m.forward(X, batch_size=8, training=True)
+    b = m.forward(X, batch_size=1000, training=True)
     assert np.array_equal(a, b), "training-mode forward must not depend on batch_size"
-    d = Model([Dense(8, "tanh"), Dropout(0.5)], loss="mse", input_dim=12).train()
-    masks = d.forward(np.repeat(X[:1], 40, 0), batch_size=8) != 0
+    d = Model([Dense(8, "tanh"), Dropout(0.5)], loss="mse", input_dim=12)
+    masks = d.forward(np.repeat(X[:1], 40, 0), batch_size=8, training=True) != 0
     assert len({tuple(r) for r in masks[:8]}) > 1
     assert not np.array_equal(masks[:8], masks[8:16]), "dropout mask repeated for every chunk"
 
@@ -53,12 +53,12 @@ def test_batchnorm_training_batch_of_one_rejected_and_fit_merges_last(rng):
     m = Model([Dense(8), BatchNorm("tanh"), Dense(3)], input_dim=12)
     X, y = _data(rng, 33)
     with pytest.raises(ValueError, match="at least 2 rows"):
-        m.train().forward(X[:1])
+        m.forward(X[:1], training=True)
     with pytest.raises(ValueError, match="at least 2 rows"):
         m.loss_and_grads(X[:1], y[:1])
     h = m.fit(X, y, epochs=1, batch_size=16)   # 16 + 17: the last single row is merged
     assert m.step_count == 2 and np.isfinite(h["loss"][0])
-    assert m.eval().forward(X[:1]).shape == (1, 3)   # eval on one row is fine
+    assert m.forward(X[:1]).shape == (1, 3)   # inference on one row is fine
 
 
 def test_fit_never_mutates_or_shares_the_optimizer(rng):
