@@ -5,7 +5,7 @@ They build a ``fastbp.Model`` MLP, so they work in Pipelines, ``cross_val_score`
 ``sklearn.utils.estimator_checks.check_estimator``.  Input validation is scikit-learn's own
 (``validate_data``): the messages are the ones its users know.
 
-Training: ``epochs`` passes at most; it stops earlier when the training loss (or, with
+Training: ``max_iter`` epochs at most; it stops earlier when the training loss (or, with
 ``early_stopping``, the validation score on a held-out ``validation_fraction`` of the training
 rows) has not improved by ``tol`` for ``n_iter_no_change`` epochs; with ``early_stopping`` the
 best weights are restored, as scikit-learn's ``MLPClassifier`` does.
@@ -23,27 +23,48 @@ from ._threads import pinned as _threads
 from .callbacks import restore, snapshot
 from .model import Model
 
+#: scikit-learn's activation names -> fastbp's
+_ACTIVATIONS = {"relu": "relu", "tanh": "tanh", "logistic": "sigmoid", "identity": "identity",
+                "sigmoid": "sigmoid", "leaky_relu": "leaky_relu"}
+
 
 class _FastBPEstimator(BaseEstimator):
+    """The parameters are ``MLPClassifier``'s / ``MLPRegressor``'s names and meanings (same defaults),
+    plus fastbp's own (``batchnorm``, ``dropout``, ``n_threads``, ``dtype``); a value fastbp cannot
+    honour (``solver='lbfgs'``, ``learning_rate='invscaling'``) raises ValueError naming it."""
     _loss = None
 
-    def __init__(self, hidden_layer_sizes=(100,), activation="relu", optimizer="adam", learning_rate=1e-3,
-                 batch_size=128, epochs=200, batchnorm=False, dropout=0.0, early_stopping=False,
-                 validation_fraction=0.1, n_iter_no_change=10, tol=1e-4, random_state=None, n_threads=None,
+    def __init__(self, hidden_layer_sizes=(100,), activation="relu", *, solver="adam", alpha=0.0001,
+                 batch_size="auto", learning_rate="constant", learning_rate_init=0.001, power_t=0.5, max_iter=200,
+                 shuffle=True, random_state=None, tol=1e-4, verbose=False, warm_start=False, momentum=0.9,
+                 nesterovs_momentum=True, early_stopping=False, validation_fraction=0.1, beta_1=0.9, beta_2=0.999,
+                 epsilon=1e-8, n_iter_no_change=10, max_fun=15000, batchnorm=False, dropout=0.0, n_threads=None,
                  dtype=None):
         self.hidden_layer_sizes = hidden_layer_sizes
         self.activation = activation
-        self.optimizer = optimizer
-        self.learning_rate = learning_rate
+        self.solver = solver
+        self.alpha = alpha
         self.batch_size = batch_size
-        self.epochs = epochs
-        self.batchnorm = batchnorm
-        self.dropout = dropout
+        self.learning_rate = learning_rate
+        self.learning_rate_init = learning_rate_init
+        self.power_t = power_t
+        self.max_iter = max_iter
+        self.shuffle = shuffle
+        self.random_state = random_state
+        self.tol = tol
+        self.verbose = verbose
+        self.warm_start = warm_start
+        self.momentum = momentum
+        self.nesterovs_momentum = nesterovs_momentum
         self.early_stopping = early_stopping
         self.validation_fraction = validation_fraction
+        self.beta_1 = beta_1
+        self.beta_2 = beta_2
+        self.epsilon = epsilon
         self.n_iter_no_change = n_iter_no_change
-        self.tol = tol
-        self.random_state = random_state
+        self.max_fun = max_fun
+        self.batchnorm = batchnorm
+        self.dropout = dropout
         self.n_threads = n_threads
         self.dtype = dtype
 
@@ -51,21 +72,58 @@ class _FastBPEstimator(BaseEstimator):
     def _specs(self, n_out):
         sizes = self.hidden_layer_sizes
         sizes = (sizes,) if isinstance(sizes, (int, np.integer)) else tuple(sizes)
+        if self.activation not in _ACTIVATIONS:
+            raise ValueError(f"activation: expected one of {sorted(_ACTIVATIONS)}, got {self.activation!r}")
+        act = _ACTIVATIONS[self.activation]
         specs = []
         for i, h in enumerate(sizes):
             if isinstance(h, bool) or not isinstance(h, (int, np.integer)) or h < 1:
                 raise ValueError(f"hidden_layer_sizes[{i}]: expected a positive int, got {h!r}")
             if self.batchnorm:
-                specs += [L.Dense(int(h), bias=False), L.BatchNorm(self.activation)]
+                specs += [L.Dense(int(h), bias=False), L.BatchNorm(act)]
             else:
-                specs.append(L.Dense(int(h), self.activation))
+                specs.append(L.Dense(int(h), act))
             if self.dropout:
                 specs.append(L.Dropout(self.dropout))
         return specs + [L.Dense(int(n_out))]
 
+    def _batch(self, n):
+        """scikit-learn's rule: 'auto' is min(200, n); a larger int is clipped to n."""
+        b = self.batch_size
+        if isinstance(b, str) and b == "auto":
+            return min(200, n)
+        if isinstance(b, bool) or not isinstance(b, (int, np.integer)) or b < 1:
+            raise ValueError(f"batch_size: expected 'auto' or a positive int, got {b!r}")
+        return min(int(b), n)
+
+    def _optimizer(self, batch):
+        """The fastbp optimizer for ``solver``: scikit-learn's L2 term alpha/2 |W|^2 / batch rows is a
+        weight decay of alpha / batch (fastbp decays biases too; scikit-learn does not)."""
+        from . import optim as O
+        if self.solver == "lbfgs":
+            raise ValueError("solver: 'lbfgs' is not supported by fastbp (full-batch quasi-Newton); "
+                             "use 'adam' or 'sgd'")
+        if self.learning_rate != "constant":
+            raise ValueError(f"learning_rate: only 'constant' is supported by fastbp, got {self.learning_rate!r} "
+                             f"(the rate itself is learning_rate_init)")
+        if isinstance(self.alpha, bool) or not isinstance(self.alpha, (int, float, np.floating)) or self.alpha < 0:
+            raise ValueError(f"alpha: expected a non-negative number, got {self.alpha!r}")
+        wd = float(self.alpha) / batch
+        if self.solver == "sgd":
+            return O.SGD(lr=self.learning_rate_init, momentum=self.momentum,
+                         nesterov=bool(self.nesterovs_momentum and self.momentum > 0), weight_decay=wd)
+        if self.solver in ("adam", "adamw"):
+            cls = O.Adam if self.solver == "adam" else O.AdamW
+            return cls(lr=self.learning_rate_init, beta1=self.beta_1, beta2=self.beta_2, eps=self.epsilon,
+                       weight_decay=wd)
+        raise ValueError(f"solver: expected 'adam', 'sgd' or 'adamw', got {self.solver!r}")
+
     def _new_model(self, n_out, X):
         if self.dtype not in (None, "float32", "float64", np.float32, np.float64):
             raise ValueError(f"dtype: expected None (that of X), 'float32' or 'float64', got {self.dtype!r}")
+        if self.warm_start and hasattr(self, "model_") and self.model_.input_dim == X.shape[1] \
+                and self.model_.output_dim == n_out:
+            return self.model_     # scikit-learn's warm_start: continue from the previous solution
         seed = int(check_random_state(self.random_state).randint(0, 2 ** 31 - 1))
         dtype = X.dtype if self.dtype is None else self.dtype     # None: like scikit-learn's MLP, X's
         self.model_ = Model(self._specs(n_out), loss=self._loss, input_dim=X.shape[1], dtype=dtype, seed=seed)
@@ -74,10 +132,14 @@ class _FastBPEstimator(BaseEstimator):
         return self.model_
 
     def _epoch(self, X, y):
-        hist = self.model_.fit(X, y, epochs=1, batch_size=min(int(self.batch_size), X.shape[0]),
-                               lr=self.learning_rate, optimizer=self.optimizer, seed=self._seed)
+        B = self._batch(X.shape[0])
+        # fit keeps the model's optimizer state (moments, velocity) when the optimizer's kind is unchanged
+        hist = self.model_.fit(X, y, epochs=1, batch_size=B, optimizer=self._optimizer(B), shuffle=bool(self.shuffle),
+                               seed=self._seed)
         self.n_iter_ += 1
         self.loss_curve_.append(hist["loss"][-1])
+        if self.verbose:
+            print(f"Iteration {self.n_iter_}, loss = {hist['loss'][-1]:.8f}")
         return hist["loss"][-1]
 
     def _train(self, X, y, y_score):
@@ -88,7 +150,7 @@ class _FastBPEstimator(BaseEstimator):
             X, Xv, y, yv = train_test_split(X, y, test_size=self.validation_fraction, random_state=self._seed,
                                             stratify=strat)
         best, best_state, stale = np.inf, None, 0
-        for _ in range(int(self.epochs)):
+        for _ in range(_positive_int('max_iter', self.max_iter)):
             loss = self._epoch(X, y)
             if self.early_stopping:
                 score = y_score(Xv, yv)
@@ -124,16 +186,26 @@ class _FastBPEstimator(BaseEstimator):
         return tags
 
 
-class FastBPClassifier(ClassifierMixin, _FastBPEstimator):
-    """MLP classifier (softmax cross-entropy) trained by fastbp's kernels.
+def _positive_int(name, v):
+    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
+        raise ValueError(f"{name}: expected a positive int, got {v!r}")
+    return int(v)
 
-    Parameters: ``hidden_layer_sizes``, ``activation`` (relu, tanh, sigmoid, leaky_relu),
-    ``optimizer`` (sgd, adam, adamw) and its ``learning_rate``, ``batch_size``, ``epochs``,
-    ``batchnorm``, ``dropout``, ``early_stopping`` with ``validation_fraction``,
-    ``n_iter_no_change`` and ``tol``, ``random_state``, ``n_threads`` (None: fastbp's current
-    setting), ``dtype`` (None: float32 for float32 X, else float64, as scikit-learn's MLP).
-    Fitted: ``classes_``, ``n_features_in_``, ``model_`` (the fastbp Model),
-    ``n_iter_``, ``loss_curve_``.
+
+class FastBPClassifier(ClassifierMixin, _FastBPEstimator):
+    """MLP classifier (softmax cross-entropy) trained by fastbp's kernels: a drop-in for
+    ``sklearn.neural_network.MLPClassifier``.
+
+    Same parameter names, meanings and defaults: ``hidden_layer_sizes``, ``activation`` (relu,
+    tanh, logistic, identity; also leaky_relu), ``solver`` (adam, sgd; also adamw; not lbfgs),
+    ``alpha``, ``batch_size``, ``learning_rate`` ('constant' only), ``learning_rate_init``,
+    ``max_iter`` (epochs), ``shuffle``, ``random_state``, ``tol``, ``verbose``, ``warm_start``,
+    ``momentum``, ``nesterovs_momentum``, ``early_stopping``, ``validation_fraction``, ``beta_1``,
+    ``beta_2``, ``epsilon``, ``n_iter_no_change`` (``power_t`` and ``max_fun`` belong to settings
+    fastbp refuses and are accepted only for the signature).  fastbp's own: ``batchnorm``,
+    ``dropout``, ``n_threads`` (None: fastbp's current setting), ``dtype`` (None: float32 for
+    float32 X, else float64, as scikit-learn's MLP).  Fitted: ``classes_``, ``n_features_in_``,
+    ``model_`` (the fastbp Model), ``n_iter_``, ``loss_curve_``, ``validation_scores_``.
     """
     _loss = "softmax_ce"
 
@@ -185,8 +257,9 @@ class FastBPClassifier(ClassifierMixin, _FastBPEstimator):
 
 
 class FastBPRegressor(RegressorMixin, _FastBPEstimator):
-    """MLP regressor (mean squared error) trained by fastbp's kernels; parameters as
-    ``FastBPClassifier``.  One output per target column; 1-D ``y`` gives 1-D predictions."""
+    """MLP regressor (mean squared error) trained by fastbp's kernels: a drop-in for
+    ``sklearn.neural_network.MLPRegressor``; parameters as ``FastBPClassifier`` (plus ``loss``:
+    'squared_error' only).  One output per target column; 1-D ``y`` gives 1-D predictions."""
     _loss = "mse"
 
     def _targets(self, y):
