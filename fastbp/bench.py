@@ -49,6 +49,15 @@ def _fastbp_step(B, rng, precision="fp32"):
     return lambda: plan.run(ws, "train", 1, 0.01, True, nt, m.optimizer, m.opt_state, bf16_current=True)
 
 
+def _yardstick(rows, rng):
+    """A numpy GEMM of a predict's first-layer shape: timed in the same rounds as fastbp, it moves
+    with the machine (frequency, neighbours) and not with fastbp's code."""
+    A = rng.random((min(rows, 4096), 784), dtype=np.float32)
+    W = rng.random((784, 512), dtype=np.float32)
+    C = np.empty((A.shape[0], 512), np.float32)
+    return lambda: np.matmul(A, W, out=C)
+
+
 def _reference_step(B, rng):
     from fastbp.reference import MLP
     m = MLP(SIZES, "tanh")
@@ -231,6 +240,7 @@ def predict(peers=True, repeat=7, out=None, precisions=("fp32",), rows=PREDICT_R
             res[f"fastbp_{prec}_error"] = str(e)
             continue
         models[f"fastbp_{prec}"] = lambda m=m: m.predict(X)
+    models["yardstick"] = _yardstick(rows, rng)     # numpy's GEMM in the same rounds, for --compare
     names = [q for q in peers_available() if q in PREDICT_PEER_SCRIPTS] if peers else []
     started = _start_peers(names, rows, nt, res["warnings"].append, PREDICT_PEER_SCRIPTS)
     try:
@@ -240,6 +250,7 @@ def predict(peers=True, repeat=7, out=None, precisions=("fp32",), rows=PREDICT_R
             peer.close()
     for k, v in samples.items():
         res[f"{k}_ms"] = statistics.median(v) * 1e3
+    res["samples_ms"] = {k: [t * 1e3 for t in v] for k, v in samples.items()}
     line = f"\npredict on {rows:,} rows (labels; {nt} threads; median of {repeat}):"
     for prec in precisions:
         if f"fastbp_{prec}_ms" in res:
@@ -501,6 +512,8 @@ def run(batch_sizes=(32, 128, 512, 2048), repeat=7, peers=True, scaling=True, ep
         row = {"batch": B, **{k + "_ms": v * 1e3 for k, v in m.items()}, "floor_ms": floor * 1e3,
                "spread": {k: {q: (v[q] * 1e3 if q != "spread" else v[q]) for q in v} for k, v in st.items()},
                "share_of_peak": step_flops(B) / m["fastbp"] / 1e9 / peak,
+               # per round, for --compare: fastbp's block and numpy's GEMM block timed in the same round
+               "samples_ms": {k: [v * 1e3 for v in samples[k]] for k in ("fastbp", "gemm_numpy")},
                "ratio_numpy": m["fastbp"] / m["numpy"], "ratio_floor": m["fastbp"] / floor}
         for p in peer_list:
             row[f"ratio_{p}"] = m["fastbp"] / m[p] if p in m else None
@@ -551,30 +564,69 @@ def run(batch_sizes=(32, 128, 512, 2048), repeat=7, peers=True, scaling=True, ep
     return res
 
 
+def verdict(new, old, threshold, new_yard=None, old_yard=None, resamples=1000):
+    """Regression decision for one figure from per-round samples (seconds or ms, same unit).
+
+    Each sample is divided by the yardstick of its own round when both runs have one (numpy's GEMM:
+    a machine running slower in one run slows both, and the quotient cancels it).  The figure is
+    the ratio of the two runs' medians; its spread comes from resampling each run's rounds
+    (bootstrap, seeded: the same files give the same verdict).  It is a regression only when the
+    lower quartile of that ratio lies above ``1 + threshold``, not when one median exceeds another
+    (same-commit runs here differed by up to 28% in one figure's median)."""
+    if new_yard and old_yard and len(new_yard) == len(new) and len(old_yard) == len(old):
+        new = [a / y for a, y in zip(new, new_yard)]
+        old = [b / y for b, y in zip(old, old_yard)]
+        basis = "per round / numpy GEMM"
+    else:
+        basis = "per round"
+    n, o = np.asarray(new, float), np.asarray(old, float)
+    g = np.random.default_rng(0)
+    r = np.median(g.choice(n, (resamples, n.size)), axis=1) / np.median(g.choice(o, (resamples, o.size)), axis=1)
+    q1, q3 = (float(v) for v in np.quantile(r, [0.25, 0.75]))
+    return {"median": float(np.median(n) / np.median(o)), "q1": q1, "q3": q3, "basis": basis,
+            "regressed": q1 > 1 + threshold}
+
+
+def _figures(res):
+    """{figure: (median ms, samples, yardstick samples)} of a bench JSON (samples None in old files)."""
+    out = {}
+    for r in res.get("steps", []):
+        sm = r.get("samples_ms") or {}
+        out[f"step batch {r['batch']}"] = (r["fastbp_ms"], sm.get("fastbp"), sm.get("gemm_numpy"))
+    ep = res.get("epoch") or {}
+    if ep.get("fastbp_s"):
+        s = (ep.get("samples_s") or {}).get("fastbp")
+        out["epoch"] = (ep["fastbp_s"] * 1e3, [v * 1e3 for v in s] if s else None, None)
+    pr = res.get("predict") or {}
+    if pr.get("fastbp_fp32_ms"):
+        sm = pr.get("samples_ms") or {}
+        out["predict"] = (pr["fastbp_fp32_ms"], sm.get("fastbp_fp32"), sm.get("yardstick"))
+    return out
+
+
 def compare(new, old, threshold=0.10, out=None):
-    """Ratios new/old of every common figure (step per batch, epoch); returns (rows, regressed)."""
+    """new/old of every common figure (``verdict`` per figure); returns (rows, regressed)."""
     say = (lambda s: print(s, file=out, flush=True)) if out is not None else (lambda s: None)
     if not isinstance(old, dict) or "steps" not in old:
         raise ValueError("--compare: not a fastbp bench JSON (no 'steps')")
-    olds = {r["batch"]: r for r in old["steps"]}
-    rows, regressed = [], False
-    say(f"\ncompared with {old.get('meta', {}).get('commit') or 'an earlier run'} "
-        f"(regression: new/old > {1 + threshold:.2f})")
-    say(f"{'figure':>16} {'old ms':>9} {'new ms':>9} {'new/old':>8}")
-    pairs = [(f"step batch {r['batch']}", olds[r["batch"]]["fastbp_ms"], r["fastbp_ms"]) for r in new["steps"]
-             if r["batch"] in olds]
-    if (new.get("epoch") or {}).get("fastbp_s") and (old.get("epoch") or {}).get("fastbp_s"):
-        pairs.append(("epoch", old["epoch"]["fastbp_s"] * 1e3, new["epoch"]["fastbp_s"] * 1e3))
-    if (new.get("predict") or {}).get("fastbp_fp32_ms") and (old.get("predict") or {}).get("fastbp_fp32_ms"):
-        pairs.append(("predict", old["predict"]["fastbp_fp32_ms"], new["predict"]["fastbp_fp32_ms"]))
-    if not pairs:
+    nf, of = _figures(new), _figures(old)
+    common = [k for k in nf if k in of]
+    if not common:
         raise ValueError("--compare: no figure in common (different batch sizes?)")
-    for name, o, n in pairs:
-        ratio = n / o
-        bad = ratio > 1 + threshold
-        regressed |= bad
-        rows.append({"figure": name, "old_ms": o, "new_ms": n, "ratio": ratio, "regressed": bad})
-        say(f"{name:>16} {o:9.3f} {n:9.3f} {ratio:8.3f}{'  REGRESSION' if bad else ''}")
+    say(f"\ncompared with {old.get('meta', {}).get('commit') or 'an earlier run'}: new/old of the median round "
+        f"[quartiles over resampled rounds]; a regression when the lower quartile is above {1 + threshold:.2f}")
+    say(f"{'figure':>16} {'old ms':>9} {'new ms':>9} {'new/old':>8} {'[q1-q3]':>13}  basis")
+    rows, regressed = [], False
+    for name in common:
+        (o, os_, oy), (n, ns, ny) = of[name], nf[name]
+        v = verdict(ns, os_, threshold, ny, oy) if ns and os_ else \
+            {"median": n / o, "q1": n / o, "q3": n / o, "basis": "medians only (no samples in a file)",
+             "regressed": n / o > 1 + threshold}
+        regressed |= v["regressed"]
+        rows.append({"figure": name, "old_ms": o, "new_ms": n, "ratio": v["median"], **v})
+        iqr = f"[{v['q1']:.2f}-{v['q3']:.2f}]"
+        say(f"{name:>16} {o:9.3f} {n:9.3f} {v['median']:8.3f} {iqr:>13}  {v['basis']}"
+            f"{'  REGRESSION' if v['regressed'] else ''}")
     return rows, regressed
 
 

@@ -1,5 +1,6 @@
 """The benchmark's peer protocol: peers time their own blocks in their own processes, and the
 driver interleaves those blocks with fastbp's (``fastbp.bench._Peer`` / ``_measure``)."""
+import numpy as np
 import pytest
 
 from fastbp import bench
@@ -88,3 +89,32 @@ def test_step_table_reports_per_round_ratios_against_each_peer(monkeypatch):
     assert row["round_ratio_fake"]["median"] == pytest.approx(2.0)
     assert row["round_ratio_fake"]["q1"] <= 2.0 <= row["round_ratio_fake"]["q3"]
     assert "vs peers per round" in out.getvalue() and "vs fake 2.00" in out.getvalue()
+
+
+def _noisy_run(rng, base, rounds=7):
+    """Per-round samples of one bench run on a noisy machine: a factor for the whole run (up to
+    ~30% between runs, as seen here on one commit), a drift per round shared by fastbp and the
+    yardstick, independent jitter per block and an occasional 30% spike."""
+    machine = rng.lognormal(0, 0.12)
+    drift = rng.lognormal(0, 0.05, rounds)
+    spike = lambda: np.where(rng.random(rounds) < 0.1, 1.3, 1.0)
+    fb = base * machine * drift * rng.lognormal(0, 0.03, rounds) * spike()
+    yard = 2.0 * machine * drift * rng.lognormal(0, 0.03, rounds) * spike()
+    return list(fb), list(yard)
+
+
+def test_compare_verdict_does_not_cry_wolf_and_catches_a_25_percent_slowdown():
+    from fastbp.bench import verdict
+    rng = np.random.default_rng(20261204)
+    same = caught = 0
+    for _ in range(20):
+        old, oy = _noisy_run(rng, 1.0)
+        new, ny = _noisy_run(rng, 1.0)
+        same += not verdict(new, old, 0.10, ny, oy)["regressed"]
+        slow, sy = _noisy_run(rng, 1.25)
+        caught += verdict(slow, old, 0.10, sy, oy)["regressed"]
+    assert same >= 19, f"same commit flagged in {20 - same} of 20 runs"
+    assert caught >= 19, f"a 25% slowdown caught in only {caught} of 20 runs"
+    # without the yardstick the run-to-run factor is not cancelled: the rule is still quartile-based
+    v = verdict([1.0, 1.02, 0.98], [1.0, 1.01, 0.99], 0.10)
+    assert v["basis"] == "per round" and not v["regressed"] and v["q1"] <= v["median"] <= v["q3"]

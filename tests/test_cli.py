@@ -151,9 +151,11 @@ def test_bench_json_metadata_spread_and_compare_exit_codes(tmp_path, capsys):
     assert res["predict"]["rows"] == 64 and res["predict"]["fastbp_fp32_ms"] > 0
     assert "predict on 64 rows" in text
     fast, slow = json.loads(out.read_text()), json.loads(out.read_text())
-    fast["steps"][0]["fastbp_ms"] = row["fastbp_ms"] / 100      # "old" was 100x faster: a regression
-    slow["steps"][0]["fastbp_ms"] = row["fastbp_ms"] * 100
-    slow["predict"]["fastbp_fp32_ms"] *= 100
+    for res_, f in ((fast, 1 / 100), (slow, 100)):   # "old" was 100x faster (a regression) or slower
+        res_["steps"][0]["fastbp_ms"] *= f
+        res_["steps"][0]["samples_ms"]["fastbp"] = [v * f for v in res_["steps"][0]["samples_ms"]["fastbp"]]
+        res_["predict"]["fastbp_fp32_ms"] *= f
+        res_["predict"]["samples_ms"]["fastbp_fp32"] = [v * f for v in res_["predict"]["samples_ms"]["fastbp_fp32"]]
     (tmp_path / "fast.json").write_text(json.dumps(fast))
     (tmp_path / "slow.json").write_text(json.dumps(slow))
     assert cli.main(args + ["--compare", str(tmp_path / "fast.json")]) == 1
