@@ -361,6 +361,8 @@ class BatchNormOp(Op):
 
     def forward_entry(self, io, update_stats):
         s, p, st, sc = io.ws.slot, self.params, self.state, io.scratch
+        if io.out.dtype.type(self.spec.eps) == 0:
+            raise ValueError(f"BatchNorm.eps: {self.spec.eps!r} rounds to 0 in {io.out.dtype} (layer {self.index})")
         return (batchnorm_forward_entry,
                 [s(io.x), s(io.out), s(p["gamma"]), s(p["beta"]), s(sc["mean"]), s(sc["inv_std"]),
                  s(st["running_mean"]), s(st["running_var"]), self.act],

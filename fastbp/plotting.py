@@ -62,20 +62,55 @@ def curves(runs, path, title, val_label="validation"):
     return _save(fig, path)
 
 
+#: a log axis spans at most this many decades below the largest value (zeros and near-zeros from
+#: dead ReLU units would otherwise stretch it to 1e-30 and flatten everything else)
+LOG_DECADES = 6
+
+
+def moving_rms(values, window):
+    """sqrt of the moving mean of squares over ``window`` values (shorter at the start)."""
+    import numpy as np
+    v = np.asarray(values, dtype=np.float64) ** 2
+    c = np.concatenate([[0.0], np.cumsum(v)])
+    i = np.arange(1, v.size + 1)
+    lo = np.maximum(i - window, 0)
+    return np.sqrt((c[i] - c[lo]) / (i - lo))
+
+
+def log_limits(series, decades=LOG_DECADES):
+    """(low, high) for a log axis showing every positive value of ``series`` (lists of floats) down
+    to at most ``decades`` below the largest."""
+    import numpy as np
+    pos = np.concatenate([np.asarray(s, np.float64) for s in series])
+    pos = pos[np.isfinite(pos) & (pos > 0)]
+    if pos.size == 0:
+        return 1e-3, 1.0
+    hi = pos.max() * 2
+    return max(pos.min() / 2, hi / 10 ** decades), hi
+
+
 def grad_norms(runs, path, title, key="delta"):
-    """Per-layer gradient norms over training steps, one panel per run (log scale, one shared
-    y-scale so the panels compare)."""
+    """Per-layer RMS gradients over training steps, one panel per run, on one shared log scale so
+    the panels compare: each layer's moving RMS over ~1% of the steps (per-step values swing by
+    orders of magnitude), a line style per layer, the axis bounded to ``LOG_DECADES``."""
     plt = _pyplot()
     fig, axes = plt.subplots(1, len(runs), figsize=(5.5 * len(runs), 4), squeeze=False, sharey=True)
+    styles = ["-", "--", "-.", ":"]
+    drawn, window = [], 1
     for ax, (label, rows) in zip(axes[0], runs.items()):
         steps = [r["step"] for r in rows]
+        window = max(1, len(rows) // 100)
         names = [k for k in rows[0] if k.endswith("." + key)]
         for i, name in enumerate(names):
-            ax.plot(steps, [max(r[name], 1e-30) for r in rows], color=f"C{i}", label=name)
+            y = moving_rms([r[name] for r in rows], window)
+            drawn.append(y)
+            layer = name.split(".")[0].replace("layer", "layer ")
+            ax.plot(steps, y, color=f"C{i}", linestyle=styles[i % len(styles)], linewidth=1.6, label=layer)
         ax.set_yscale("log")
-        ax.set(xlabel="step", ylabel=f"RMS {key}", title=label)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        ax.set(xlabel="step", ylabel=f"RMS {key} (moving, {window} steps)", title=label)
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=8, title="layer (0 = input side)", title_fontsize=8)
+    axes[0][0].set_ylim(*log_limits(drawn))
     fig.suptitle(title)
     fig.tight_layout()
     return _save(fig, path)

@@ -46,7 +46,7 @@ def count_nonfinite_launch(flat, nchunks):
     if n < PARALLEL_SCAN_FROM or nchunks <= 1:
         return count_nonfinite(flat)
     partial = np.zeros(nchunks, np.int64)
-    for c in prange(nchunks):       # sliced first, then scanned from 0 (see the README: it vectorizes)
+    for c in prange(nchunks):       # sliced first, then scanned from 0 (see docs/design.md: it vectorizes)
         partial[c] = count_nonfinite(flat[(c * n) // nchunks:((c + 1) * n) // nchunks])
     total = 0
     for c in range(nchunks):

@@ -161,6 +161,8 @@ def batchnorm_forward(out, mean, inv_std, x, gamma, beta, running_mean, running_
     _vec("inv_std", inv_std, F, x.dtype, writeable=True, finite=False)
     momentum = _check.scalar("momentum", momentum, lo=0, hi=1)
     eps = _check.scalar("eps", eps, lo=0, lo_open=True)
+    if x.dtype.type(eps) == 0:   # the kernel adds eps in x's dtype: a constant feature would give 1/sqrt(0)
+        raise ValueError(f"eps: {eps!r} rounds to 0 in {x.dtype}; expected a value that is positive in {x.dtype}")
     if not training and running_var.min() < 0:
         raise ValueError("running_var: must be >= 0 (a variance)")
     _check.no_overlap([("out", out), ("mean", mean), ("inv_std", inv_std), ("running_mean", running_mean),

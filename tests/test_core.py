@@ -291,3 +291,24 @@ def test_inference_never_writes_the_models_mode(rng):
     m.loss_and_grads(X, y)
     m.forward(X)
     assert writes == [] and m.training is True
+
+
+def test_batchnorm_eps_that_rounds_to_zero_in_the_dtype_is_refused(rng):
+    """float32 with eps=1e-300: eps would be 0 and a constant feature 1/sqrt(0); refused by name, in the
+    kernel and in a model, before anything is written.  Fine in float64."""
+    from fastbp import BatchNorm
+    x = np.ones((4, 3), np.float32)                      # constant features: var 0
+    out, mean, istd = np.full_like(x, 7), np.zeros(3, np.float32), np.zeros(3, np.float32)
+    g, b, rm, rv = np.ones(3, np.float32), np.zeros(3, np.float32), np.zeros(3, np.float32), np.ones(3, np.float32)
+    with pytest.raises(ValueError, match="eps: 1e-300 rounds to 0 in float32"):
+        fastbp.kernels.batchnorm_forward(out, mean, istd, x, g, b, rm, rv, True, eps=1e-300)
+    assert (out == 7).all()
+    x64 = x.astype(np.float64)
+    o64 = np.empty_like(x64)
+    fastbp.kernels.batchnorm_forward(o64, np.zeros(3), np.zeros(3), x64, g.astype(float), b.astype(float),
+                                     np.zeros(3), np.ones(3), True, eps=1e-300)
+    assert np.isfinite(o64).all()
+    X, y = _data(rng, 16)
+    m = Model([Dense(4), BatchNorm(eps=1e-300), Dense(3)])
+    with pytest.raises(ValueError, match="BatchNorm.eps: 1e-300 rounds to 0 in float32"):
+        m.fit(X, y)

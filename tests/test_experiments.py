@@ -128,3 +128,16 @@ def test_curves_integer_epoch_ticks_validation_labels_and_no_empty_panel(tmp_pat
     labels = [t.get_text() for t in axes[0].get_legend().get_texts()]
     assert "mse run validation" in labels and not any("test" in label for label in labels)
     plt.close("all")
+
+
+def test_grad_norm_plot_axis_is_bounded_and_smoothed():
+    """Dead ReLU units give RMS deltas of 0 or ~1e-30 in some steps: the log axis must still span at
+    most LOG_DECADES below the largest value, and the moving RMS must equal the definition."""
+    from fastbp.plotting import LOG_DECADES, log_limits, moving_rms
+    lo, hi = log_limits([[1e-2, 1e-4, 0.0, 1e-31], [3e-3, float("nan")]])
+    assert hi == 2e-2 and lo == hi / 10 ** LOG_DECADES
+    lo, hi = log_limits([[1e-3, 2e-3]])
+    assert lo == 5e-4 and hi == 4e-3           # a narrow range is shown whole
+    assert log_limits([[0.0]]) == (1e-3, 1.0)
+    v = np.array([3.0, 4.0, 0.0, 12.0])
+    np.testing.assert_allclose(moving_rms(v, 2), [3.0, np.sqrt(12.5), np.sqrt(8.0), np.sqrt(72.0)])
