@@ -233,9 +233,11 @@ def apply(model, arrays, meta, path):
     staged = [("params", model.params, p)]
     for op in model.plan.ops:
         for name, a in op.state.items():
-            key = f"state{op.index}_{name}" if f"state{op.index}_{name}" in arrays else f"bn{op.index}_{name}"
+            key = f"state{op.index}_{name}"
+            if key not in arrays and f"bn{op.index}_{name}" in arrays:   # format 1's name
+                key = f"bn{op.index}_{name}"
             if key not in arrays:
-                raise ValueError(f"{path}: missing array {key!r}")
+                raise ValueError(f"{path}: missing array {key!r} ({type(op).__name__} {op.index}'s {name})")
             staged.append((key, a, arrays[key]))
     for k, a in opt_state.items():
         if a.size and f"opt_{k}" not in arrays:

@@ -174,9 +174,6 @@ def _check_output(path, flag):
     """Fail before any work if ``path`` cannot be written or has a suffix ``flag`` cannot write."""
     if path is None:
         return
-    kinds = SUFFIXES.get(flag)
-    if kinds and not path.lower().endswith(kinds):
-        raise UsageError(f"{flag} {path}: expected a file ending in {' or '.join(kinds)}")
     folder = os.path.dirname(os.path.abspath(path))
     if os.path.isdir(path):
         raise UsageError(f"{flag} {path}: is a folder, expected a file path")
@@ -184,6 +181,9 @@ def _check_output(path, flag):
         raise UsageError(f"{flag} {path}: folder {folder} does not exist")
     if not os.access(folder, os.W_OK):
         raise UsageError(f"{flag} {path}: folder {folder} is not writable")
+    kinds = SUFFIXES.get(flag)
+    if kinds and not path.lower().endswith(kinds):
+        raise UsageError(f"{flag} {path}: expected a file ending in {' or '.join(kinds)}")
 
 
 def cmd_gradcheck(args):

@@ -122,10 +122,37 @@ def test_piped_output_has_no_carriage_returns_and_ctrl_c_exits_130_with_a_checkp
     assert Model.load(ck).epochs_done >= 1
 
 
-def test_bad_arguments_exit_2():
+@pytest.mark.parametrize("argv, what", [(["train", "--hidden", "0,5"], "--hidden"),
+                                        (["train", "--hidden", "512,,512"], "no empty item"),
+                                        (["train", "--epochs", "-1"], "--epochs"),
+                                        (["train", "--optimizer", "lbfgs"], "--optimizer")])
+def test_bad_arguments_exit_2_with_one_line(argv, what, capsys):
+    """A usage error is one line naming the argument and pointing at --help, not the usage block."""
     with pytest.raises(SystemExit) as e:
-        cli.main(["train", "--hidden", "0,5"])
+        cli.main(argv)
     assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and what in err[0] and "--help" in err[0], err
+
+
+@pytest.mark.parametrize("flag, path, kinds", [("--save", "m.txt", ".npz or .safetensors"),
+                                               ("--history", "h.xlsx", ".json or .csv"),
+                                               ("--checkpoint", "ck.bin", ".npz or .safetensors")])
+def test_output_suffixes_that_cannot_be_written_are_refused_before_training(flag, path, kinds, tmp_path, capsys):
+    target = tmp_path / path
+    assert cli.main(["train", "--dataset", "sphere", flag, str(target)]) == 2
+    err = capsys.readouterr().err
+    assert f"{flag} {target}: expected a file ending in {kinds}" in err and not target.exists()
+
+
+def test_early_stopping_never_selects_on_the_test_set(capsys):
+    """--early-stopping without --validation-split holds out part of the training set, says so, and the
+    final report evaluates on the test set, which chose nothing."""
+    assert cli.main(["train", "--dataset", "sphere", "--epochs", "3", "--early-stopping", "1", "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "holding out 10% of the training set" in out
+    assert "val loss" in out and "test loss" not in out.split("epoch")[1].splitlines()[0]
+    assert "the test set was not used in training" in out
 
 
 def test_console_script_entry_point():

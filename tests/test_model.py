@@ -359,3 +359,66 @@ def test_run_in_place_refuses_training_programs_and_wrong_arrays(rng):
     from fastbp import get_num_threads
     m.plan.run(ws, "forward", 0, training=False, nt=get_num_threads(), x=ro)
     assert np.array_equal(ws.outs[-1], m.forward(ro.copy(), batch_size=8))
+
+
+def _bn_adam_model(rng):
+    X = rng.random((64, 5), dtype=np.float32)
+    y = rng.integers(0, 3, 64)
+    m = Model([Dense(8), BatchNorm("tanh"), Dense(3)], seed=0)
+    m.fit(X, y, epochs=1, batch_size=16, optimizer="adam")
+    return m
+
+
+def test_checkpoint_with_missing_or_impossible_state_is_refused_by_name(tmp_path, rng):
+    """Missing optimizer state or running statistics, negative second moments or variances: refused
+    naming the file and the field; a file that is not a checkpoint is said to be one in one line."""
+    m = _bn_adam_model(rng)
+    good = tmp_path / "m.npz"
+    m.save(good)
+    arrays = dict(np.load(good))
+    cases = {"opt_v": ("negative", lambda a: a.__setitem__("opt_v", -np.abs(a["opt_v"]) - 1)),
+             "state1_running_var": ("negative", lambda a: a.__setitem__("state1_running_var",
+                                                                        -np.ones_like(a["state1_running_var"]))),
+             "opt_m": ("missing optimizer state 'opt_m'", lambda a: a.pop("opt_m")),
+             "state1_running_mean": ("missing array 'state1_running_mean'", lambda a: a.pop("state1_running_mean"))}
+    for name, (what, spoil) in cases.items():
+        bad = dict(arrays)
+        spoil(bad)
+        path = tmp_path / f"bad_{name}.npz"
+        np.savez(path, **bad)
+        with pytest.raises(ValueError, match=what) as e:
+            Model.load(path)
+        assert name in str(e.value) and str(path) in str(e.value)
+    text = tmp_path / "notes.npz"
+    text.write_text("not a checkpoint\n")
+    with pytest.raises(ValueError, match=r"not a fastbp checkpoint \(expected an \.npz or \.safetensors") as e:
+        Model.load(text)
+    assert "pickle" not in str(e.value)
+    with pytest.raises(ValueError, match=r"expected a file ending in \.npz or \.safetensors"):
+        m.save(tmp_path / "m.txt")
+    assert not (tmp_path / "m.txt").exists()
+
+
+def test_next_save_removes_temp_files_of_killed_saves(tmp_path, rng):
+    """A save killed mid-write leaves .fastbp-<host>-<pid>-*.tmp; the next save to that folder removes
+    those of processes that are gone, keeps a live writer's, and removes unnamed ones older than an hour."""
+    import os
+    import socket
+    import subprocess
+    import sys
+    import time
+    m = _bn_adam_model(rng)
+    child = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead_pid = int(child.stdout)
+    host = socket.gethostname()
+    dead = tmp_path / f".fastbp-{host}-{dead_pid}-abc123.npz.tmp"
+    live = tmp_path / f".fastbp-{host}-{os.getpid()}-def456.npz.tmp"
+    old = tmp_path / ".fastbp-xyz.npz.tmp"            # an older fastbp's name: removed by age only
+    recent = tmp_path / ".fastbp-uvw.npz.tmp"
+    for f in (dead, live, old, recent):
+        f.write_bytes(b"partial")
+    os.utime(old, (time.time() - 7200, time.time() - 7200))
+    m.save(tmp_path / "m.npz")
+    assert not dead.exists() and not old.exists()
+    assert live.exists() and recent.exists()
+    assert Model.load(tmp_path / "m.npz").step_count == m.step_count
