@@ -102,6 +102,7 @@ def test_adam_default_lr_reaches_80_percent_on_fashion_mnist_in_one_epoch(capsys
     assert acc >= 0.80, acc
 
 
+@pytest.mark.heavy
 def test_piped_output_has_no_carriage_returns_and_ctrl_c_exits_130_with_a_checkpoint(tmp_path):
     ck = tmp_path / "ck.npz"
     p = subprocess.Popen([sys.executable, "-m", "fastbp.cli", "train", "--dataset", "sphere", "--hidden", "64,64",

@@ -68,6 +68,7 @@ def _cold_run(tmp_path, mode, parallel=True):
 
 @jit_only
 @pytest.mark.slow
+@pytest.mark.heavy
 @pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="helpers need a spare CPU")
 def test_a_cold_first_run_compiles_in_helpers_and_trains_the_same_bits(tmp_path):
     serial = _cold_run(tmp_path, "serial", parallel=False)

@@ -48,6 +48,7 @@ def test_fastbp_uses_only_documented_kernel_names():
 
 
 @__import__("pytest").mark.slow
+@__import__("pytest").mark.heavy
 def test_read_only_install_without_home_trains(tmp_path):
     """The wheel installed into a prefix the user cannot write, HOME unset: numba cannot cache next
     to the package, so fastbp caches in a temporary folder, says so once, and trains."""

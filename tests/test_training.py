@@ -15,6 +15,7 @@ def fmnist():
 
 
 @pytest.mark.slow
+@pytest.mark.heavy
 def test_fashion_mnist_tanh_mlp_sgd_reaches_82_percent(fmnist):
     (X, y), (Xt, yt) = fmnist
     m = Model([Dense(512, "tanh"), Dense(512, "tanh"), Dense(10)], seed=0)
@@ -26,6 +27,7 @@ def test_fashion_mnist_tanh_mlp_sgd_reaches_82_percent(fmnist):
 
 
 @pytest.mark.slow
+@pytest.mark.heavy
 def test_fashion_mnist_batchnorm_adam_reaches_84_percent(fmnist):
     (X, y), (Xt, yt) = fmnist
     m = Model([Dense(512), BatchNorm("tanh"), Dense(512), BatchNorm("tanh"), Dense(10)], seed=0)
