@@ -1,7 +1,7 @@
 """Checks and conversions of user data (X, y, batch sizes) before anything runs."""
 import numpy as np
 
-from .kernels import count_nonfinite_launch
+from .kernels import scan_nonfinite
 from .kernels.validate import flag, integer, scalar  # noqa: F401  (re-exported for the facade)
 
 
@@ -30,7 +30,7 @@ def as_array(v, name):
 def nonfinite(flat):
     """Number of NaN/inf entries of a 1-D array: numba's threads scan large arrays (one slice each)."""
     import numba
-    return count_nonfinite_launch(flat, numba.get_num_threads())
+    return scan_nonfinite(flat, numba.get_num_threads())
 
 
 def features(X, dtype, input_dim, name="X"):

@@ -149,7 +149,17 @@ class Op:
 # ----------------------------------------------------------------------------- Dense
 @jit
 def dense_forward_entry(a2, a1, ai, af, ia, fa, t, lr, training, nt):
-    # ia: x, out, W, b, act, rows_from, partial scratch (0: none)      fa: alpha
+    # ia: x, out, W, b, act, rows_from      fa: alpha
+    dense_forward_launch(a2[ia[1]], a2[ia[0]], a2[ia[2]], a1[ia[3]], ia[4], fa[0], nt, ia[5])
+    return 0.0
+
+
+@jit
+def dense_forward_small_entry(a2, a1, ai, af, ia, fa, t, lr, training, nt):
+    """The forward of a workspace whose batch is small enough to be cut along D (``forward_by_k``).
+    An entry of its own because that cut costs ~2 s to compile: batches that never use it (the
+    default 128 rows) do not pay for it on a cold start."""
+    # ia: x, out, W, b, act, rows_from, partial scratch      fa: alpha
     x, W, part = a2[ia[0]], a2[ia[2]], a2[ia[6]]
     N = x.shape[0]
     if part.shape[0] >= nt * N and forward_by_k(N, x.shape[1], W.shape[1], nt):
@@ -224,7 +234,10 @@ class DenseOp(Op):
         if self.precision == "bf16":
             return dense_forward_bf16_entry, ia + [s(self._bf16_store(io, "x16")), s(self._bf16_store(io, "W16")),
                                                    s(io.ws.bf16_ok), self.index], [self.alpha]
-        return dense_forward_entry, ia + [forward_rows_from(), s(self._ksplit_scratch(io))], [self.alpha]
+        partial = self._ksplit_scratch(io)
+        if partial is None:
+            return dense_forward_entry, ia + [forward_rows_from()], [self.alpha]
+        return dense_forward_small_entry, ia + [forward_rows_from(), s(partial)], [self.alpha]
 
     def backward_entry(self, io, fused_sgd, wd):
         s = io.ws.slot

@@ -19,10 +19,12 @@ import time
 
 import numpy as np
 
-#: seconds each entry took to compile on the 2-core VM (2026-12-02): only to balance the helpers
-COST = {"dense_backward_entry": 3.3, "dense_forward_entry": 2.5, "softmax_ce_entry": 1.7,
-        "batchnorm_backward_entry": 2.0, "batchnorm_forward_entry": 1.5}
-OWN_WORK = 1.5       # s the first process spends meanwhile on typed lists and the step runner
+#: seconds each entry took to compile, serially, on the 2-core AMD EPYC VM (2026-12-04, with its
+#: callees): only to balance the helpers
+COST = {"dense_backward_entry": 6.5, "dense_forward_entry": 3.5, "dense_forward_small_entry": 5.5,
+        "softmax_ce_entry": 2.3, "batchnorm_backward_entry": 2.0, "batchnorm_forward_entry": 1.5}
+#: s the first process spends meanwhile: the input check and batch gather kernels, typed lists, the runner
+OWN_WORK = 4.0
 HELPER_START = 0.6   # s a helper needs to import numba and fastbp
 WAIT_LIMIT = 300.0   # s after which a helper is given up (this process then compiles the entry)
 ENV = "FASTBP_PARALLEL_COMPILE"
@@ -144,6 +146,12 @@ def steps(dtype):
                 m.loss_and_grads(X, y)
             out.append((f"{loss} + {type(opt).__name__}{' momentum' if getattr(opt, 'momentum', 0) else ''}",
                         run))
+
+    def small_batches():     # the forward cut along D: scheduled only for small batches of wide layers
+        from .ops import dense_forward_small_entry
+        from .program import _compiled
+        _compiled(dense_forward_small_entry, dtype)
+    out.append(("small-batch dense forward", small_batches))
     return out
 
 

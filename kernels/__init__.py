@@ -28,6 +28,7 @@ _EXPORTS = {
     "blas_choice_pending": ("_blas", "choice_pending"),
     "cpu_model": ("_blas", "cpu_model"),
     "count_nonfinite": ("_check", "count_nonfinite"),
+    "scan_nonfinite": ("_check", "scan_nonfinite"),
     "count_nonfinite_launch": ("_check", "count_nonfinite_launch"),
     "PARALLEL_SCAN_FROM": ("_check", "PARALLEL_SCAN_FROM"),
     "first_out_of_range": ("_check", "first_out_of_range"),

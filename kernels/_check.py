@@ -54,6 +54,15 @@ def count_nonfinite_launch(flat, nchunks):
     return total
 
 
+def scan_nonfinite(flat, nchunks):
+    """``count_nonfinite_launch`` from Python: below ``PARALLEL_SCAN_FROM`` entries (or with one chunk)
+    the serial scan is called directly, so a process that only checks small inputs never compiles
+    the parallel region (1.2 s of a cold start on the 2-core VM)."""
+    if flat.shape[0] < PARALLEL_SCAN_FROM or nchunks <= 1:
+        return count_nonfinite(flat)
+    return count_nonfinite_launch(flat, nchunks)
+
+
 @jit
 def first_out_of_range(labels, C):
     """Index of the first label outside [0, C), or -1 (jitted; documented helper)."""

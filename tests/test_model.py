@@ -422,3 +422,25 @@ def test_next_save_removes_temp_files_of_killed_saves(tmp_path, rng):
     assert not dead.exists() and not old.exists()
     assert live.exists() and recent.exists()
     assert Model.load(tmp_path / "m.npz").step_count == m.step_count
+
+
+def test_small_batches_get_the_forward_cut_along_d_and_others_do_not_compile_it():
+    """The dense forward of a batch that may be cut along D (forward_by_k) is its own entry, so a
+    default 128-row run never compiles that cut; both give the outputs of the float64 reference."""
+    from fastbp import get_num_threads, set_num_threads
+    from fastbp.ops import dense_forward_entry, dense_forward_small_entry
+    old = get_num_threads()
+    set_num_threads(2)
+    try:
+        m = Model([Dense(256, "tanh"), Dense(10)], input_dim=784, seed=0, dtype="float64")
+        rng = np.random.default_rng(0)
+        for N, want in ((32, dense_forward_small_entry), (128, dense_forward_entry)):
+            X = rng.random((N, 784))
+            ws = m.plan.borrow(N)
+            names = m.plan.program(ws, "forward").names
+            m.plan.give_back(ws)
+            assert names[0] == want.__name__, (N, names)
+            W0, b0, W1, b1 = (m.layers[0].W, m.layers[0].b, m.layers[1].W, m.layers[1].b)
+            np.testing.assert_allclose(m.forward(X), np.tanh(X @ W0 + b0) @ W1 + b1, rtol=1e-12, atol=1e-12)
+    finally:
+        set_num_threads(old)

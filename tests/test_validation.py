@@ -137,3 +137,19 @@ def test_read_only_inputs_are_accepted_where_no_output_aliases_them(rng):
     K.batchnorm_backward(None, dg, db, dz, x, g, m, s, True)
     np.testing.assert_allclose(db, 4.0)
     assert K.softmax_cross_entropy(None, x, np.array([0, 1, 2, 0])) > 0
+
+
+@pytest.mark.jit
+def test_a_small_input_check_compiles_no_parallel_scan():
+    """scan_nonfinite below PARALLEL_SCAN_FROM: the serial scan only (a cold start does not pay for the
+    parallel region); from the threshold on, the parallel one, with the same counts."""
+    import subprocess
+    import sys
+    code = ("import numpy as np; from fastbp.kernels import _check as C\n"
+            "a = np.ones(1000, np.float32); a[[0, 999]] = np.nan\n"
+            "print(C.scan_nonfinite(a, 2), len(C.count_nonfinite_launch.signatures))\n"
+            "b = np.ones(C.PARALLEL_SCAN_FROM, np.float32); b[-1] = np.inf\n"
+            "print(C.scan_nonfinite(b, 2), len(C.count_nonfinite_launch.signatures))\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["2", "0", "1", "1"]
