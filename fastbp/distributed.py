@@ -47,6 +47,25 @@ class CommError(RuntimeError):
     """A collective failed or timed out (another rank died or raised)."""
 
 
+#: seconds between a failing rank's message and the abort, so that the launcher forwards the line
+#: (MPI_Abort ends every process at once; an exception printed after it was lost in most runs)
+ABORT_GRACE = 0.5
+
+
+def report_failure(comm, exc):
+    """Say on stderr, in one line, which rank failed and why, before the job is aborted."""
+    import sys
+    if isinstance(exc, KeyboardInterrupt):
+        what = "interrupted"
+    else:
+        lines = str(exc).strip().splitlines()
+        what = f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
+    sys.stderr.write(f"fastbp: rank {comm.rank} of {comm.size} failed: {what} (aborting the job)\n")
+    sys.stderr.flush()
+    if comm.size > 1:
+        time.sleep(ABORT_GRACE)
+
+
 class Comm:
     """What training needs from a communicator.  ``allreduce`` sums a numpy array over ranks in
     place (every rank gets the same bits); ``bcast`` copies root's array into everyone's."""

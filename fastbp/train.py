@@ -206,8 +206,9 @@ def _fit_distributed(model, X, y, comm, **kw):
         return _fit(model, X, y, comm=comm, **kw)
     except D.CommError:
         raise
-    except BaseException:
-        comm.abort(1)     # the others are waiting in a collective: end the job instead of a hang
+    except BaseException as e:
+        D.report_failure(comm, e)   # first: the abort can end this process before the exception prints
+        comm.abort(1)               # the others are waiting in a collective: end the job instead of a hang
         raise
     finally:
         model.rank = 0
