@@ -107,7 +107,10 @@ def test_piped_output_has_no_carriage_returns_and_ctrl_c_exits_130_with_a_checkp
     ck = tmp_path / "ck.npz"
     p = subprocess.Popen([sys.executable, "-m", "fastbp.cli", "train", "--dataset", "sphere", "--hidden", "64,64",
                           "--epochs", "100000", "--batch-size", "8", "--checkpoint", str(ck)],
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         # as from a terminal: a shell starts background jobs with SIGINT ignored, and a
+                         # Python started that way never raises KeyboardInterrupt (this test then hung)
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     lines = []
     for line in p.stdout:                  # wait until training runs (the first epoch row)
         lines.append(line)
