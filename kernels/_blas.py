@@ -536,14 +536,19 @@ def _load_candidates(candidates, want):
     return bound, addrs
 
 
+def _auto_candidates():
+    """The backends ``FASTBP_BLAS=auto`` chooses among on this machine (found, not loaded)."""
+    return ((["blis"] if _cpu_has_avx512() else []) + ["openblas"] + (["mkl"] if _find_mkl() else [])
+            + (["onednn"] if _find_onednn() else []))
+
+
 def choice_pending():
     """True when the next ``bind()`` will time several BLAS candidates (``FASTBP_BLAS=auto``, more
     than one installed, no remembered pick for this machine): a few seconds, once per machine.
     Lets a caller announce that work and do it before anything is timed.  Loads nothing."""
     if BACKEND is not None or JIT_DISABLED or os.environ.get("FASTBP_BLAS", "auto").strip().lower() != "auto":
         return False
-    candidates = ((["blis"] if _cpu_has_avx512() else []) + ["openblas"] + (["mkl"] if _find_mkl() else [])
-                  + (["onednn"] if _find_onednn() else []))
+    candidates = _auto_candidates()
     if len(candidates) < 2 or _under_launcher() or _choice_path() is None:
         return False
     return _remembered(_choice_key(_library_files())) not in candidates
@@ -566,8 +571,7 @@ def bind(_in_kernel=False):
         candidates = [want]
         key = None
         if want == "auto":
-            candidates = ((["blis"] if _cpu_has_avx512() else []) + ["openblas"] + (["mkl"] if _find_mkl() else [])
-                          + (["onednn"] if _find_onednn() else []))
+            candidates = _auto_candidates()
             key = _choice_key(_library_files()) if len(candidates) > 1 else None
             known = _remembered(key) if key else None
             if known in candidates:

@@ -117,8 +117,9 @@ def test_openblas_backend_sets_scipys_copy_to_one_thread_only_when_it_binds():
 CHOICE = r"""
 import json, fastbp.kernels as K
 from fastbp.kernels import _blas
+pending = K.blas_choice_pending()       # asked before binding: will this process time the candidates?
 info = K.blas_info()
-print(json.dumps({"backend": info["backend"], "choice": info["choice"]}))
+print(json.dumps({"backend": info["backend"], "choice": info["choice"], "pending": pending}))
 """
 
 
@@ -135,6 +136,7 @@ def _auto(tmp_path, **extra):
 def test_auto_times_the_candidates_once_per_machine_and_remembers(tmp_path):
     import json
     first = _auto(tmp_path)
+    assert first.pop("pending") is True          # announced beforehand (fastbp train says so)
     assert first["choice"]["how"] == "measured" and set(first["choice"]["ms"]) == set(_available())
     rel = first["choice"]["relative"]
     # timed as a step's GEMMs on numba's threads (one figure per batch size), in a child process
@@ -144,6 +146,7 @@ def test_auto_times_the_candidates_once_per_machine_and_remembers(tmp_path):
     path = tmp_path / "fastbp" / "blas-choice.json"
     assert list(json.loads(path.read_text()).values()) == [first["backend"]]
     second = _auto(tmp_path)
+    assert second.pop("pending") is False        # remembered: nothing to announce
     assert second == {"backend": first["backend"], "choice": dict(how="remembered", file=str(path),
                                                                  backend=first["backend"])}
     # another NUMBA_CACHE_DIR on this machine binds the same BLAS, so it computes the same bits
@@ -154,11 +157,12 @@ def test_auto_times_the_candidates_once_per_machine_and_remembers(tmp_path):
     other = next(b for b in _available() if b != first["backend"])
     path.write_text(json.dumps({k: other for k in json.loads(path.read_text())}))
     assert _auto(tmp_path)["backend"] == other                           # the remembered choice is used
-    assert _auto(tmp_path, FASTBP_BLAS="openblas")["choice"] is None     # an explicit backend: no timing
+    explicit = _auto(tmp_path, FASTBP_BLAS="openblas")
+    assert explicit["choice"] is None and explicit["pending"] is False    # an explicit backend: no timing
     path.unlink()
     ranks = _auto(tmp_path, PMI_SIZE="4")                                # MPI ranks: no timing race
     assert ranks["backend"] == ("blis" if "blis" in _available() else "openblas")
-    assert "launcher" in ranks["choice"]["how"] and not path.exists()
+    assert "launcher" in ranks["choice"]["how"] and not path.exists() and ranks["pending"] is False
 
 
 SERIAL_CHOICE = r"""
