@@ -48,9 +48,9 @@ def _meta(model):
             "history": model.history, "training": model.training}
 
 
-def _temp_prefix(pid=None):
+def _temp_prefix():
     """Temp files carry the writer's host and pid, so a later save can tell a dead writer's file."""
-    return f".fastbp-{socket.gethostname()}-{os.getpid() if pid is None else pid}-"
+    return f".fastbp-{socket.gethostname()}-{os.getpid()}-"
 
 
 def _alive(pid):
