@@ -129,6 +129,7 @@ def test_dtype_follows_x_unless_given(rng):
         FastBPClassifier(dtype="float16").fit(X, y)
 
 
+@pytest.mark.slow
 def test_mlpclassifier_code_runs_unchanged_with_fastbp():
     """The same GridSearchCV code, with MLPClassifier's parameter names, for scikit-learn's MLP and
     fastbp's: only the class differs, and both find a good model on scikit-learn's digits."""
