@@ -136,6 +136,33 @@ class MPIComm(Comm):
         self.comm.Abort(code)
 
 
+def _digest(value):
+    """48 bits of a value's repr: exact in a float64 sum (a table of zeros but one row)."""
+    import hashlib
+    return float(int.from_bytes(hashlib.sha256(repr(value).encode()).digest()[:6], "little"))
+
+
+def check_agreement(comm, fields):
+    """Refuse to train when the ranks were given different settings or data.
+
+    ``fields``: {name: value} that must be equal on every rank (architecture, seeds, optimizer, batch
+    size, rows, ...).  One all-reduce of a ranks x fields table of digests tells every rank who differs
+    from rank 0 in what, so every rank raises the same ValueError (no rank is left waiting in a
+    collective).  Without it, a different seed on one rank trained silently to a wrong result."""
+    names = sorted(fields)
+    table = np.zeros((comm.size, len(names)))
+    table[comm.rank] = [_digest(fields[k]) for k in names]
+    comm.allreduce(table)
+    differ = {k: [r for r in range(1, comm.size) if table[r, j] != table[0, j]] for j, k in enumerate(names)}
+    bad = [k for k in names if differ[k]]
+    if bad:
+        what = "; ".join(f"{k} (rank{'s' if len(differ[k]) > 1 else ''} {', '.join(map(str, differ[k]))} "
+                         f"differ{'' if len(differ[k]) > 1 else 's'} from rank 0; this rank has {fields[k]!r})"
+                         for k in bad)
+        raise ValueError(f"distributed: the ranks were given different settings: {what}; run every rank with the "
+                         f"same script, arguments and data")
+
+
 class _Group:
     """Shared state of simulated ranks: a barrier and one slot per rank."""
 

@@ -215,6 +215,20 @@ def _fit_distributed(model, X, y, comm, **kw):
         numba.set_num_threads(threads_before)
 
 
+def _agreement_fields(model, X, y, opt, seed, B, epochs, shuffle, sync_every, schedule, validation_split):
+    """What every rank of a distributed fit must agree on (``distributed.check_agreement``); the data
+    by its shape and a checksum of up to 1024 evenly spaced rows."""
+    every = max(1, X.shape[0] // 1024)
+    sample = (float(np.add.reduce(X[::every].ravel(), dtype=np.float64)),
+              float(np.add.reduce(np.asarray(y[::every], np.float64).ravel())))
+    return {"layers": repr(model.specs), "loss": model.loss, "dtype": model.dtype.name, "precision": model.precision,
+            "model seed": model.seed, "optimizer": repr(opt), "seed": seed, "batch_size": B, "epochs": epochs,
+            "rows": X.shape[0], "features": X.shape[1], "data checksum": sample, "shuffle": bool(shuffle),
+            "sync_every": sync_every, "validation_split": validation_split,
+            "schedule": None if schedule is None else getattr(schedule, "__name__", type(schedule).__name__),
+            "epochs done (resumed)": model.epochs_done, "steps done (resumed)": model.step_count}
+
+
 def _fit(model, X, y, epochs, batch_size, lr, optimizer, shuffle, seed, validation_data, validation_split,
          schedule, callbacks, verbose, progress, on_epoch, checkpoint, track_grad_norms, grad_norm_every, comm=None,
          sync_every=1):
@@ -254,7 +268,9 @@ def _fit(model, X, y, epochs, batch_size, lr, optimizer, shuffle, seed, validati
     plan, opt = model.plan, model.optimizer
     step = None
     if comm is not None:
-        from .distributed import Step
+        from .distributed import Step, check_agreement
+        check_agreement(comm, _agreement_fields(model, X, y, opt, seed, B, epochs, shuffle, sync_every, schedule,
+                                                validation_split))
         step = Step(plan, comm, opt, model.opt_state)
         step.broadcast_state(model)
     fuse = not track_grad_norms   # grad norms need the gradients: no fused SGD then

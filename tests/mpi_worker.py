@@ -1,6 +1,6 @@
 """Run under mpiexec by tests/test_distributed.py: a few data-parallel steps on Fashion-MNIST.
 
-    mpiexec -n 2 python tests/mpi_worker.py OUT_DIR [crash|kill|raise]
+    mpiexec -n 2 python tests/mpi_worker.py OUT_DIR [crash|kill|raise|seed]
 
 Each rank writes its parameters to OUT_DIR/rank<r>.npy.  With a mode, rank 1 fails during
 training (exits with status 1, is killed, or raises in a callback); the job must then end with
@@ -21,7 +21,7 @@ if __name__ == "__main__":
     out, mode = sys.argv[1], (sys.argv[2] if len(sys.argv) > 2 else "")
     comm = MPIComm(timeout=float(os.environ.get("FASTBP_TEST_TIMEOUT", "20")))
     fail = None
-    if comm.rank == 1 and mode:
+    if comm.rank == 1 and mode in ("crash", "kill", "raise"):
         def fail(model, step, logs):
             if step == 3:
                 if mode == "crash":
@@ -29,5 +29,6 @@ if __name__ == "__main__":
                 if mode == "kill":
                     os.kill(os.getpid(), signal.SIGKILL)
                 raise RuntimeError("rank 1 raised")
-    params = train(comm, on_batch=fail)
+    # "seed": rank 1 is given another fit seed, which every rank refuses, naming the field
+    params = train(comm, on_batch=fail, seed=4 if comm.rank == 1 and mode == "seed" else 3)
     np.save(os.path.join(out, f"rank{comm.rank}.npy"), params)

@@ -144,6 +144,14 @@ def test_a_failing_rank_fails_the_job_within_a_bounded_time(tmp_path, mode):
         assert "fastbp: rank 1 of 2 failed: RuntimeError: rank 1 raised" in r.stderr, r.stderr[-2000:]
 
 
+def test_a_rank_with_another_seed_is_refused_under_mpiexec(tmp_path):
+    """Under a real launcher: the job fails, and the refusal names the field and the rank."""
+    r, secs = _launch(2, tmp_path, "seed", timeout=120)
+    assert r.returncode != 0 and secs < 100, (r.returncode, r.stderr[-2000:])
+    assert "different settings: seed (rank 1 differs from rank 0" in r.stderr, r.stderr[-2000:]
+    assert not (tmp_path / "rank0.npy").exists()
+
+
 @pytest.mark.heavy
 def test_the_failing_rank_says_why_in_20_of_20_runs(tmp_path):
     """The reason of a rank's exception reaches the user before the abort, every time (before: in 0-1
@@ -171,3 +179,35 @@ def test_local_sgd_sync_every_keeps_ranks_identical_and_trains(xy):
         Model(ARCH).fit(X, y, sync_every=2)
     with pytest.raises(ValueError, match="sync_every"):
         simulate(2, lambda c: Model(ARCH).fit(X, y, distributed=c, sync_every=0))
+
+
+@pytest.mark.parametrize("case, field", [("fit seed", "seed"), ("model seed", "model seed"),
+                                         ("architecture", "layers"), ("rows", "rows"), ("data", "data checksum"),
+                                         ("optimizer", "optimizer")])
+def test_ranks_with_different_settings_are_refused_naming_the_field(xy, case, field):
+    """A setting that differs on one rank is refused on every rank, naming the field and the rank, before
+    any step (before: a different seed on one rank trained silently, 75-84% off rank 0's result)."""
+    X, y = xy
+    errors = {}
+
+    def run(comm):
+        odd = comm.rank == 1
+        layers = [Dense(16, "tanh"), Dense(3)] if case == "architecture" and odd else ARCH
+        m = Model(layers, seed=5 if case == "model seed" and odd else 0)
+        Xr = X[:-8] if case == "rows" and odd else X
+        if case == "data" and odd:
+            Xr = X.copy()
+            Xr[0, 0] += 1.0
+        kw = {"optimizer": fastbp.Adam() if case == "optimizer" and odd else "sgd"}
+        try:
+            m.fit(Xr, y[:Xr.shape[0]], epochs=1, batch_size=40, seed=7 if case == "fit seed" and odd else 0,
+                  distributed=comm, **kw)
+        except ValueError as e:
+            errors[comm.rank] = str(e)
+            raise
+        return m.step_count
+    with pytest.raises(ValueError, match=rf"different settings: (.*; )?{field} \(rank 1 differs from rank 0"):
+        simulate(2, run)
+    assert errors, "no rank refused"
+    for msg in errors.values():
+        assert f"{field} (rank 1 differs from rank 0" in msg and "same script" in msg
