@@ -211,3 +211,16 @@ def test_ranks_with_different_settings_are_refused_naming_the_field(xy, case, fi
     assert errors, "no rank refused"
     for msg in errors.values():
         assert f"{field} (rank 1 differs from rank 0" in msg and "same script" in msg
+
+
+def test_nan_in_one_ranks_data_is_reported_as_such_by_that_rank(xy, capsys):
+    X, y = xy
+    bad = X.copy()
+    bad[5, 2] = np.nan
+
+    def run(comm):
+        Model(ARCH, seed=0).fit(bad if comm.rank == 1 else X, y, epochs=1, batch_size=40, distributed=comm)
+    with pytest.raises(ValueError, match="X: contains NaN or inf"):
+        simulate(2, run, timeout=20)
+    err = capsys.readouterr().err
+    assert "fastbp: rank 1 of 2 failed: ValueError: X: contains NaN or inf" in err, err
