@@ -167,7 +167,9 @@ def fit(model, X, y=None, epochs=1, batch_size=128, lr=None, optimizer=None, shu
     epoch and, if it exists, resumed from (``epochs`` is then the total to reach).
     ``track_grad_norms``: record per-layer gradient norms every ``grad_norm_every`` steps.
     ``distributed``: a ``fastbp.distributed`` communicator: synchronous data-parallel training
-    (``batch_size`` is the global batch; see that module).  Only rank 0 prints, calls
+    (``batch_size`` is the global batch; see that module; a last batch of fewer than ranks x the
+    model's minimum rows, 1 or 2 with BatchNorm, is merged into the previous one: 201 rows at batch
+    40 on 2 ranks take 5 steps, 6 in one process).  Only rank 0 prints, calls
     ``progress``/``on_epoch`` and writes checkpoints; an error on any rank stops every rank.
     ``sync_every=k`` (k > 1, with ``distributed``): local SGD instead, for slow networks: each
     rank steps on its own shard of every global batch with its own optimizer state, and the

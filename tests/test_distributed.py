@@ -224,3 +224,17 @@ def test_nan_in_one_ranks_data_is_reported_as_such_by_that_rank(xy, capsys):
         simulate(2, run, timeout=20)
     err = capsys.readouterr().err
     assert "fastbp: rank 1 of 2 failed: ValueError: X: contains NaN or inf" in err, err
+
+
+def test_the_documented_last_batch_rule(rng):
+    """README and fit's docstring: a last batch of fewer than ranks x minimum rows is merged: 201 rows at
+    batch 40 take 6 steps in one process and 5 on 2 ranks."""
+    X = rng.random((201, 5), dtype=np.float32)
+    y = rng.integers(0, 3, 201)
+
+    def steps(comm=None):
+        m = Model([Dense(4, "tanh"), Dense(3)])
+        m.fit(X, y, epochs=1, batch_size=40, distributed=comm)
+        return m.step_count
+    assert steps() == 6
+    assert simulate(2, steps) == [5, 5]
