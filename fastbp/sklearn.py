@@ -89,12 +89,9 @@ class _FastBPEstimator(BaseEstimator):
 
     def _batch(self, n):
         """scikit-learn's rule: 'auto' is min(200, n); a larger int is clipped to n."""
-        b = self.batch_size
-        if isinstance(b, str) and b == "auto":
+        if isinstance(self.batch_size, str) and self.batch_size == "auto":
             return min(200, n)
-        if isinstance(b, bool) or not isinstance(b, (int, np.integer)) or b < 1:
-            raise ValueError(f"batch_size: expected 'auto' or a positive int, got {b!r}")
-        return min(int(b), n)
+        return min(_positive_int("batch_size", self.batch_size), n)
 
     def _optimizer(self, batch):
         """The fastbp optimizer for ``solver``: scikit-learn's L2 term alpha/2 |W|^2 / batch rows is a
