@@ -15,24 +15,34 @@ _state = {"applied": False, "explicit": False}
 ADAPTIVE_ENV = "FASTBP_ADAPTIVE_THREADS"
 
 
-def usable_cpus():
-    """CPUs this process may run on: its affinity mask (taskset, cpusets), capped by a cgroup v2
-    or v1 CPU quota (containers); numba's default counts every CPU of the machine instead."""
-    n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    quota = None
+def cpu_quota():
+    """CPUs a cgroup v2 or v1 CPU quota allows this process (containers), or None."""
     try:
         with open("/sys/fs/cgroup/cpu.max") as f:
             q, period = f.read().split()[:2]
-            if q != "max":
-                quota = int(q) / int(period)
+            return int(q) / int(period) if q != "max" else None
     except (OSError, ValueError):
-        try:
-            with open("/sys/fs/cgroup/cpu/cpu.cfs_quota_us") as f, open("/sys/fs/cgroup/cpu/cpu.cfs_period_us") as g:
-                q = int(f.read())
-                if q > 0:
-                    quota = q / int(g.read())
-        except (OSError, ValueError):
-            pass
+        pass
+    try:
+        with open("/sys/fs/cgroup/cpu/cpu.cfs_quota_us") as f, open("/sys/fs/cgroup/cpu/cpu.cfs_period_us") as g:
+            q = int(f.read())
+            return q / int(g.read()) if q > 0 else None
+    except (OSError, ValueError):
+        return None
+
+
+def affinity():
+    """The set of CPU ids this process may run on (all of them where the OS cannot say)."""
+    if hasattr(os, "sched_getaffinity"):
+        return set(os.sched_getaffinity(0))
+    return set(range(os.cpu_count() or 1))
+
+
+def usable_cpus():
+    """CPUs this process may run on: its affinity mask (taskset, cpusets), capped by a cgroup v2
+    or v1 CPU quota (containers); numba's default counts every CPU of the machine instead."""
+    n = len(affinity())
+    quota = cpu_quota()
     if quota is not None:
         n = min(n, max(1, int(quota)))
     return max(1, n)

@@ -331,8 +331,7 @@ def cmd_train(args):
     opt = optim.make(args.optimizer, args.lr)
     from tqdm import tqdm
     if comm is not None:
-        from fastbp.distributed import default_threads
-        where = f", {comm.size} MPI ranks x {min(fastbp.get_num_threads(), default_threads(comm.local_size))} threads"
+        where = f", {comm.size} MPI ranks x {min(fastbp.get_num_threads(), comm.threads)} threads"
     else:
         where = f", {fastbp.get_num_threads()} threads"
     if args.precision != "fp32":

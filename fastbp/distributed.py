@@ -23,7 +23,7 @@ import time
 
 import numpy as np
 
-from ._threads import usable_cpus
+from ._threads import affinity, cpu_quota, usable_cpus
 
 #: environment variables MPI launchers set (MPICH/Hydra, Open MPI, PMIx, Slurm), -> world size
 LAUNCHER_SIZE_VARS = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "PMIX_SIZE", "MPI_LOCALNRANKS", "SLURM_NTASKS")
@@ -39,8 +39,47 @@ def launched_ranks():
 
 
 def default_threads(local_size):
-    """Threads per rank so that threads x ranks on this machine <= usable CPUs."""
+    """Threads per rank so that threads x ranks on this machine <= usable CPUs (ranks that share
+    one affinity mask: simulated ranks, or a launcher that did not bind)."""
     return max(1, usable_cpus() // max(1, local_size))
+
+
+def rank_threads(mine, masks, cpus=None):
+    """Threads for a rank whose CPU affinity mask is ``mine`` (a set of CPU ids), when the ranks on
+    its machine have ``masks`` (``mine`` among them): the CPUs of its mask divided by the ranks whose
+    masks overlap it.  A launcher that binds each rank to its own cores (Open MPI's default for 2
+    ranks, ``--map-by slot:PE=k``) gives disjoint masks: all of them; one that does not bind
+    (``--bind-to none``, MPICH's default) gives one shared mask: an even share.  ``cpus``: a cap for
+    the whole machine (a container's CPU quota), shared evenly by its ranks."""
+    mine = set(mine)
+    sharing = max(1, sum(1 for m in masks if mine & set(m)))
+    n = len(mine) // sharing
+    if cpus is not None:
+        n = min(n, int(cpus) // max(1, len(masks)))
+    return max(1, n)
+
+
+#: the launch options that give each of k ranks its own ``per`` cores, per launcher
+BIND_FIX = ("mpiexec --bind-to none (or --map-by slot:PE={per}) under Open MPI; "
+            "mpiexec -bind-to core:{per} under MPICH")
+
+
+def placement_note(host, local_ranks, threads, masks, machine_cpus):
+    """(info line, warning or None) about this machine's ranks: how many threads each runs and,
+    when the launcher's binding left them fewer CPUs than an even share of the machine, the fix."""
+    counts = sorted(set(threads))
+    each = (f"{counts[0]} thread{'s' if counts[0] > 1 else ''} each" if len(counts) == 1
+            else f"{', '.join(map(str, threads))} threads")
+    cpus = len(set().union(*map(set, masks)))
+    info = (f"fastbp: {local_ranks} rank{'s' if local_ranks > 1 else ''} on {host}: {each} "
+            f"(the CPUs each may run on, {cpus} in all, shared out among the ranks that may use them)")
+    fair = max(1, machine_cpus // max(1, local_ranks))
+    if min(threads) >= fair:
+        return info, None
+    warn = (f"fastbp: warning: the launcher bound the ranks on {host} to {cpus} of its {machine_cpus} CPUs, so "
+            f"they run {min(threads)} thread{'s' if min(threads) > 1 else ''} where {fair} could run; to use "
+            f"the machine, launch with " + BIND_FIX.format(per=fair))
+    return info, warn
 
 
 class CommError(RuntimeError):
@@ -83,8 +122,22 @@ class Comm:
     def abort(self, code=1):
         """End every rank (after an error on this one)."""
 
+    @property
+    def threads(self):
+        """Threads this rank should run (ranks that share this process's CPUs: an even share)."""
+        return default_threads(self.local_size)
+
+    def announce(self):
+        """Say once, on stderr, how this machine's ranks run (a communicator that knows does)."""
+
     def __repr__(self):
         return f"<{type(self).__name__} rank {self.rank} of {self.size}, local {self.local_rank} of {self.local_size}>"
+
+
+#: a collective is polled without sleeping for this long (a step's all-reduce ends well within it:
+#: sleeping there put up to 0.5 ms on every step's critical path), then every POLL_SLEEP seconds
+SPIN_SECONDS = 0.25
+POLL_SLEEP = 0.001
 
 
 class MPIComm(Comm):
@@ -107,19 +160,47 @@ class MPIComm(Comm):
         self.rank, self.size = self.comm.Get_rank(), self.comm.Get_size()
         local = self.comm.Split_type(MPI.COMM_TYPE_SHARED)
         self.local_rank, self.local_size = local.Get_rank(), local.Get_size()
+        self._place(local)
         local.Free()
         if not timeout > 0:
             raise ValueError(f"timeout: expected seconds > 0, got {timeout!r}")
         self.timeout = float(timeout)
 
+    def _place(self, local):
+        """Threads per rank from the affinity masks of this machine's ranks (``rank_threads``)."""
+        import socket
+        masks = local.allgather(sorted(affinity()))
+        quota = cpu_quota()
+        self._threads = rank_threads(affinity(), masks, quota)
+        threads = local.allgather(self._threads)
+        machine = os.cpu_count() or len(affinity())
+        if quota is not None:
+            machine = min(machine, max(1, int(quota)))
+        self.placement = placement_note(socket.gethostname(), self.local_size, threads, masks, machine)
+        self._announced = False
+
+    @property
+    def threads(self):
+        return self._threads
+
+    def announce(self):
+        if self._announced or self.local_rank != 0:
+            return
+        self._announced = True
+        import sys
+        for line in self.placement:
+            if line:
+                sys.stderr.write(line + "\n")
+        sys.stderr.flush()
+
     def _wait(self, req, what):
-        deadline = time.monotonic() + self.timeout
-        spins = 0
-        while not req.Test():
-            spins += 1
-            if spins > 2000:
-                time.sleep(0.0005)
-            if time.monotonic() > deadline:
+        start = time.monotonic()
+        deadline = start + self.timeout
+        while not req.Test():         # each Test() also drives the collective on (Open MPI progresses
+            now = time.monotonic()    # a non-blocking collective only inside MPI calls)
+            if now - start > SPIN_SECONDS:
+                time.sleep(POLL_SLEEP)   # a straggler or a dead rank: off the critical path by now
+            if now > deadline:
                 self.abort(3)
                 raise CommError(f"{what}: no answer from the other ranks within {self.timeout:.0f} s "
                                 f"(a rank died or stopped); job aborted")

@@ -202,7 +202,8 @@ def _fit_distributed(model, X, y, comm, **kw):
         kw.update(verbose=False, progress=None, on_epoch=None)
     import numba
     threads_before = numba.get_num_threads()
-    numba.set_num_threads(min(threads_before, D.default_threads(comm.local_size)))
+    numba.set_num_threads(min(threads_before, comm.threads))   # a ceiling: the CPUs the launcher gave this rank
+    comm.announce()
     model.rank = comm.rank
     try:
         return _fit(model, X, y, comm=comm, **kw)

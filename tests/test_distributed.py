@@ -14,7 +14,16 @@ import pytest
 
 import fastbp
 from fastbp import BatchNorm, Dense, Dropout, Model
-from fastbp.distributed import CommError, default_threads, launched_ranks, shard, simulate, usable_cpus
+from fastbp.distributed import (
+    CommError,
+    default_threads,
+    launched_ranks,
+    placement_note,
+    rank_threads,
+    shard,
+    simulate,
+    usable_cpus,
+)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ARCH = [Dense(8, bias=False), BatchNorm("tanh"), Dropout(0.3), Dense(7, "relu"), Dense(3)]
@@ -52,6 +61,32 @@ def test_shards_and_thread_rule():
     assert sum(shard(128, 5, r)[1] for r in range(5)) == 128
     assert default_threads(1) == usable_cpus() and default_threads(10 ** 6) == 1
     assert launched_ranks() is None or launched_ranks() >= 1
+
+
+def test_rank_threads_follow_the_launchers_binding():
+    every = set(range(16))
+    # Open MPI's default for 2 ranks: each bound to one core -> 1 thread (the warning says the fix)
+    assert rank_threads({0}, [[0], [1]]) == 1
+    # no binding (--bind-to none, MPICH's default): one shared mask -> an even share
+    assert rank_threads(every, [sorted(every)] * 2) == 8
+    assert rank_threads(every, [sorted(every)] * 4) == 4
+    assert rank_threads(every, [sorted(every)] * 32) == 1
+    # --map-by slot:PE=8: disjoint masks of 8 -> 8 each (an even share of the mask would give 4)
+    assert rank_threads(set(range(8)), [list(range(8)), list(range(8, 16))]) == 8
+    # Open MPI binds more than 2 ranks to the socket: 4 ranks on one 16-CPU mask -> 4 each
+    assert rank_threads(every, [sorted(every)] * 4, cpus=None) == 4
+    # a container's quota of 6 CPUs is shared by the machine's ranks
+    assert rank_threads(every, [sorted(every)] * 2, cpus=6) == 3
+
+
+def test_placement_note_says_how_ranks_run_and_warns_with_the_fix():
+    info, warn = placement_note("node1", 2, [8, 8], [list(range(16))] * 2, 16)
+    assert info.startswith("fastbp: 2 ranks on node1: 8 threads each") and warn is None
+    info, warn = placement_note("node1", 2, [1, 1], [[0], [1]], 16)
+    assert "1 threads each" not in info and "1 thread" in info
+    assert warn.startswith("fastbp: warning: the launcher bound the ranks on node1 to 2 of its 16 CPUs")
+    assert "--bind-to none" in warn and "--map-by slot:PE=8" in warn and "-bind-to core:8" in warn
+    assert "\n" not in info + warn
 
 
 def test_errors_stop_every_simulated_rank_quickly(xy):
@@ -110,6 +145,7 @@ def _launch(n, out, *extra, timeout=240):
 def test_mpi_ranks_agree_bitwise_and_match_single_process(tmp_path, ranks):
     r, _ = _launch(ranks, tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stderr.count(f"fastbp: {ranks} ranks on ") == 1, r.stderr[-3000:]   # said once, by local rank 0
     params = [np.load(tmp_path / f"rank{k}.npy") for k in range(ranks)]
     for p in params[1:]:
         np.testing.assert_array_equal(p, params[0])
