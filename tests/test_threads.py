@@ -89,7 +89,7 @@ def test_runnable_elsewhere_reads_the_machine():
     assert n is None or (isinstance(n, int) and n >= 0)
 
 
-def test_governor_is_on_by_default_and_an_explicit_choice_wins(monkeypatch):
+def test_governor_is_on_by_default_and_an_explicit_count_is_its_ceiling(monkeypatch):
     monkeypatch.setitem(T._state, "explicit", False)
     monkeypatch.delenv("NUMBA_NUM_THREADS", raising=False)
     monkeypatch.delenv(T.ADAPTIVE_ENV, raising=False)
@@ -98,14 +98,14 @@ def test_governor_is_on_by_default_and_an_explicit_choice_wins(monkeypatch):
     assert not T.adaptive()
     monkeypatch.setenv(T.ADAPTIVE_ENV, "1")
     monkeypatch.setenv("NUMBA_NUM_THREADS", "2")
-    assert not T.adaptive()                         # the user fixed the pool size
+    assert T.adaptive()                             # the user's pool size: the governor's ceiling
     monkeypatch.delenv("NUMBA_NUM_THREADS")
     n = fastbp.get_num_threads()
     with T.pinned(1):                               # sklearn's n_threads, the bench's scaling table
-        assert fastbp.get_num_threads() == 1 and not T.adaptive()
+        assert fastbp.get_num_threads() == 1 and T.adaptive()
     assert fastbp.get_num_threads() == n and T.adaptive()
-    fastbp.set_num_threads(n)                       # an explicit count stays as given
-    assert not T.adaptive()
+    fastbp.set_num_threads(n)                       # an explicit count is a ceiling, not a pin
+    assert T.adaptive()
 
 
 def test_fit_uses_the_governor_only_when_adaptive(monkeypatch, rng):
@@ -128,7 +128,10 @@ def test_fit_uses_the_governor_only_when_adaptive(monkeypatch, rng):
         assert len(made) == 1 and m.thread_changes == []
         monkeypatch.setitem(T._state, "explicit", True)
         m.fit(X, y, epochs=1, batch_size=16)
-        assert len(made) == 1                       # the user's count: no governor
+        assert len(made) == 2 and made[-1].nmax == 2    # the user's count: the governor's ceiling
+        monkeypatch.setenv(T.ADAPTIVE_ENV, "0")
+        m.fit(X, y, epochs=1, batch_size=16)
+        assert len(made) == 2                       # FASTBP_ADAPTIVE_THREADS=0 pins the count
 
 
 @pytest.mark.skipif(numba.config.NUMBA_NUM_THREADS < 2, reason="needs a pool of 2 threads")
