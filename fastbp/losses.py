@@ -19,6 +19,7 @@ from .kernels import (
     softmax_ce_launch,
 )
 from .kernels.loss import check_int_labels
+from .signature import A2, AI, Float, Int, Signature
 
 LOSSES = {}
 
@@ -79,14 +80,26 @@ def _float_targets(y, n, C, dtype, name):
     return y
 
 
+_FLAGS = dict(want_grad=Int("flag: write the gradient"), count=Int("flag: count correct rows"))
+SOFTMAX_CE = Signature("softmax cross-entropy", z=A2("input (logits)", "N", "C"), dz=A2("delta", "N", "C"),
+                       y=AI("target labels", "N"), **_FLAGS)
+MSE_LOSS = Signature("mse", p=A2("input (predictions)", "N", "C"), dp=A2("delta", "N", "C"),
+                     y=A2("targets", "N", "C"), **_FLAGS, last_act=Int("last op's activation"),
+                     last_alpha=Float("last op's slope"))
+SIGMOID_BCE = Signature("sigmoid binary cross-entropy", z=A2("input (logits)", "N", "C"), dz=A2("delta", "N", "C"),
+                        y=A2("targets", "N", "C"), **_FLAGS)
+_SC, _MS, _SB = SOFTMAX_CE.at, MSE_LOSS.at, SIGMOID_BCE.at
+
+
+@SOFTMAX_CE.entry
 @jit
 def softmax_ce_entry(a2, a1, ai, af, ia, fa, t, lr, training, nt):
-    # ia: logits, dlogits, labels, want_grad, count
-    z, d, y = a2[ia[0]], a2[ia[1]], ai[ia[2]]
-    loss = softmax_ce_launch(d, z, y, ia[3] != 0, af[0], nt)
+    A = _SC
+    z, d, y = a2[ia[A.z]], a2[ia[A.dz]], ai[ia[A.y]]
+    loss = softmax_ce_launch(d, z, y, ia[A.want_grad] != 0, af[0], nt)
     stats = af[1]
     stats[0] = loss
-    stats[1] = count_argmax_correct(z, y) if ia[4] != 0 else 0
+    stats[1] = count_argmax_correct(z, y) if ia[A.count] != 0 else 0
     return loss
 
 
@@ -113,8 +126,7 @@ class SoftmaxCE(Loss):
         return np.empty(N, np.int64)
 
     def entry(self, io, last, want_grad, count):
-        s = io.ws.slot
-        return softmax_ce_entry, [s(io.out), s(io.delta), s(io.ws.y), want_grad, count], [0.0]
+        return SOFTMAX_CE.bind(io.ws, "the loss", z=io.out, dz=io.delta, y=io.ws.y, want_grad=want_grad, count=count)
 
     def proba(self, z):
         z = z.astype(np.float64)
@@ -130,13 +142,14 @@ class SoftmaxCE(Loss):
         return z.argmax(axis=1)
 
 
+@MSE_LOSS.entry
 @jit
 def mse_entry(a2, a1, ai, af, ia, fa, t, lr, training, nt):
-    # ia: pred, dpred, target, want_grad, count, last_act     fa: last_alpha
-    p, d, y = a2[ia[0]], a2[ia[1]], a2[ia[2]]
-    loss = mse_launch(d, p, y, ia[3] != 0, af[0], nt)
-    if ia[3] != 0 and ia[5] != IDENTITY:
-        activation_backward_launch(d, d, p, ia[5], fa[0], nt)
+    A = _MS
+    p, d, y = a2[ia[A.p]], a2[ia[A.dp]], a2[ia[A.y]]
+    loss = mse_launch(d, p, y, ia[A.want_grad] != 0, af[0], nt)
+    if ia[A.want_grad] != 0 and ia[A.last_act] != IDENTITY:
+        activation_backward_launch(d, d, p, ia[A.last_act], fa[A.last_alpha], nt)
     stats = af[1]
     stats[0] = loss
     stats[1] = 0
@@ -154,18 +167,19 @@ class MSE(Loss):
         return _float_targets(y, n, C, dtype, name)
 
     def entry(self, io, last, want_grad, count):
-        s = io.ws.slot
-        return mse_entry, [s(io.out), s(io.delta), s(io.ws.y), want_grad, count, last.act], [last.alpha]
+        return MSE_LOSS.bind(io.ws, "the loss", p=io.out, dp=io.delta, y=io.ws.y, want_grad=want_grad, count=count,
+                             last_act=last.act, last_alpha=last.alpha)
 
 
+@SIGMOID_BCE.entry
 @jit
 def sigmoid_bce_entry(a2, a1, ai, af, ia, fa, t, lr, training, nt):
-    # ia: logits, dlogits, target, want_grad, count
-    z, d, y = a2[ia[0]], a2[ia[1]], a2[ia[2]]
-    loss = sigmoid_bce_launch(d, z, y, ia[3] != 0, af[0], nt)
+    A = _SB
+    z, d, y = a2[ia[A.z]], a2[ia[A.dz]], a2[ia[A.y]]
+    loss = sigmoid_bce_launch(d, z, y, ia[A.want_grad] != 0, af[0], nt)
     stats = af[1]
     stats[0] = loss
-    stats[1] = count_threshold_correct(z, y) if ia[4] != 0 else 0
+    stats[1] = count_threshold_correct(z, y) if ia[A.count] != 0 else 0
     return loss
 
 
@@ -183,8 +197,7 @@ class SigmoidBCE(Loss):
         return y
 
     def entry(self, io, last, want_grad, count):
-        s = io.ws.slot
-        return sigmoid_bce_entry, [s(io.out), s(io.delta), s(io.ws.y), want_grad, count], [0.0]
+        return SIGMOID_BCE.bind(io.ws, "the loss", z=io.out, dz=io.delta, y=io.ws.y, want_grad=want_grad, count=count)
 
     def proba(self, z):
         return 1 / (1 + np.exp(-z.astype(np.float64)))

@@ -12,8 +12,12 @@ hands its predecessor a finished delta; the loss applies the last op's derivativ
 Backward entries *overwrite* gradients (never accumulate); with ``fused_sgd`` they update the
 parameters in place instead of writing gradients.
 
+Each entry's arguments are declared by name in a ``Signature`` (``fastbp.signature``) next to it:
+the entry reads ``ia[F.name]`` and the op hands the plan ``SIGNATURE.bind(ws, self.where, name=...)``,
+which checks names, kinds and shapes (a miswired op fails there, naming the op and the tensor).
+
 Adding a layer kind: subclass ``Op``, set ``spec_type`` to its spec (``fastbp.layers``),
-implement shapes, ``init`` and the two entries, and decorate it with ``@register``.
+implement shapes, ``init`` and the two entries with their signatures, and decorate it with ``@register``.
 The plan, the training loop and the facade need no edit.
 """
 
@@ -45,6 +49,7 @@ from .kernels import (
 )
 from .kernels.names import CODE_NAMES, act_code
 from .kernels.validate import max_threads
+from .signature import A1, A2, AI, Float, Int, Signature
 
 OPS = {}   # spec class -> op class
 KSPLIT_SCRATCH = 1 << 21   # elements: the largest per-layer scratch for the forward cut along D
@@ -141,60 +146,93 @@ class Op:
     def describe(self):
         return type(self.spec).__name__ + (f"({CODE_NAMES[self.act]})" if self.act != IDENTITY else "")
 
+    @property
+    def where(self):
+        """This op in messages: ``layer 2 (Dense(tanh))``."""
+        return f"layer {self.index} ({self.describe()})"
+
     def __repr__(self):
         shapes = ", ".join(f"{k}{tuple(v)}" for k, v in self.param_shapes().items())
         return f"<{self.describe()} {self.in_dim}->{self.out_dim}{' ' + shapes if shapes else ''}>"
 
 
 # ----------------------------------------------------------------------------- Dense
+_DENSE_IN = dict(x=A2("input", "N", "D"), out=A2("output", "N", "F"), W=A2("param", "D", "F"),
+                 b=A1("param", "F", optional=True), act=Int("activation code"))
+DENSE_FORWARD = Signature("dense forward", **_DENSE_IN, rows_from=Int("cut by rows from this many rows"),
+                          alpha=Float("leaky_relu slope"))
+DENSE_FORWARD_SMALL = Signature("dense forward small", **_DENSE_IN, rows_from=Int("cut by rows from"),
+                                partial=A2("scratch", "*", "F"), alpha=Float("leaky_relu slope"))
+_DENSE_BACK = dict(dx=A2("delta of the input", "N", "D", optional=True), dW=A2("grad", "D", "F"),
+                   db=A1("grad", "F", optional=True), dz=A2("delta", "N", "F"), x=A2("input", "N", "D"),
+                   W=A2("param", "D", "F"), b=A1("param", "F", optional=True),
+                   prev_act=Int("previous op's activation"), want_dx=Int("flag"), fused=Int("fused SGD flag"))
+DENSE_BACKWARD = Signature("dense backward", **_DENSE_BACK, prev_alpha=Float("previous op's slope"),
+                           wd=Float("weight decay"))
+_BF16 = dict(x16=A2("scratch", "*", "*"), W16=A2("scratch", "*", "*"), bf16_ok=AI("state", "L"),
+             index=Int("op index"))
+DENSE_FORWARD_BF16 = Signature("dense forward bf16", **_DENSE_IN, **_BF16, alpha=Float("leaky_relu slope"))
+DENSE_BACKWARD_BF16 = Signature("dense backward bf16", **_DENSE_BACK, **_BF16, dz16=A2("scratch", "*", "*"),
+                                prev_alpha=Float("previous op's slope"), wd=Float("weight decay"))
+_DF, _DFS, _DB = DENSE_FORWARD.at, DENSE_FORWARD_SMALL.at, DENSE_BACKWARD.at
+_DF16, _DB16 = DENSE_FORWARD_BF16.at, DENSE_BACKWARD_BF16.at
+
+
+@DENSE_FORWARD.entry
 @jit
 def dense_forward_entry(a2, a1, ai, af, ia, fa, t, lr, training, nt):
-    # ia: x, out, W, b, act, rows_from      fa: alpha
-    dense_forward_launch(a2[ia[1]], a2[ia[0]], a2[ia[2]], a1[ia[3]], ia[4], fa[0], nt, ia[5])
+    F = _DF
+    dense_forward_launch(a2[ia[F.out]], a2[ia[F.x]], a2[ia[F.W]], a1[ia[F.b]], ia[F.act], fa[F.alpha], nt,
+                         ia[F.rows_from])
     return 0.0
 
 
+@DENSE_FORWARD_SMALL.entry
 @jit
 def dense_forward_small_entry(a2, a1, ai, af, ia, fa, t, lr, training, nt):
     """The forward of a workspace whose batch is small enough to be cut along D (``forward_by_k``).
     An entry of its own because that cut costs ~2 s to compile: batches that never use it (the
     default 128 rows) do not pay for it on a cold start."""
-    # ia: x, out, W, b, act, rows_from, partial scratch      fa: alpha
-    x, W, part = a2[ia[0]], a2[ia[2]], a2[ia[6]]
+    F = _DFS
+    x, W, part = a2[ia[F.x]], a2[ia[F.W]], a2[ia[F.partial]]
     N = x.shape[0]
     if part.shape[0] >= nt * N and forward_by_k(N, x.shape[1], W.shape[1], nt):
-        dense_forward_ksplit_launch(a2[ia[1]], x, W, a1[ia[3]], ia[4], fa[0], part, nt)
+        dense_forward_ksplit_launch(a2[ia[F.out]], x, W, a1[ia[F.b]], ia[F.act], fa[F.alpha], part, nt)
     else:
-        dense_forward_launch(a2[ia[1]], x, W, a1[ia[3]], ia[4], fa[0], nt, ia[5])
+        dense_forward_launch(a2[ia[F.out]], x, W, a1[ia[F.b]], ia[F.act], fa[F.alpha], nt, ia[F.rows_from])
     return 0.0
 
 
+@DENSE_BACKWARD.entry
 @jit
 def dense_backward_entry(a2, a1, ai, af, ia, fa, t, lr, training, nt):
-    # ia: dx, dW, db, dz, x, W, b, prev_act, want_dx, fused     fa: prev_alpha, wd
-    dense_backward_launch(a2[ia[0]], a2[ia[1]], a1[ia[2]], a2[ia[3]], a2[ia[4]], a2[ia[5]], a1[ia[6]], a2[ia[4]],
-                          ia[7], fa[0], ia[8] != 0, ia[9] != 0, lr, fa[1], nt)
+    B = _DB
+    x = a2[ia[B.x]]
+    dense_backward_launch(a2[ia[B.dx]], a2[ia[B.dW]], a1[ia[B.db]], a2[ia[B.dz]], x, a2[ia[B.W]], a1[ia[B.b]], x,
+                          ia[B.prev_act], fa[B.prev_alpha], ia[B.want_dx] != 0, ia[B.fused] != 0, lr, fa[B.wd], nt)
     return 0.0
 
 
+@DENSE_FORWARD_BF16.entry
 @jit
 def dense_forward_bf16_entry(a2, a1, ai, af, ia, fa, t, lr, training, nt):
-    # ia: x, out, W, b, act, x16 store, W16 store, bf16_ok flags, op index      fa: alpha
-    ok = ai[ia[7]]
-    dense_forward_bf16_launch(a2[ia[1]], a2[ia[0]], a2[ia[2]], a1[ia[3]], a2[ia[5]], a2[ia[6]], ia[4], fa[0],
-                              ok[ia[8]] == 0, nt)
-    ok[ia[8]] = 1
+    F = _DF16
+    ok = ai[ia[F.bf16_ok]]
+    dense_forward_bf16_launch(a2[ia[F.out]], a2[ia[F.x]], a2[ia[F.W]], a1[ia[F.b]], a2[ia[F.x16]], a2[ia[F.W16]],
+                              ia[F.act], fa[F.alpha], ok[ia[F.index]] == 0, nt)
+    ok[ia[F.index]] = 1
     return 0.0
 
 
+@DENSE_BACKWARD_BF16.entry
 @jit
 def dense_backward_bf16_entry(a2, a1, ai, af, ia, fa, t, lr, training, nt):
-    # ia: dx, dW, db, dz, x, W, b, prev_act, want_dx, fused, x16, W16, dz16 stores, bf16_ok, op index
-    # fa: prev_alpha, wd
-    fused = ia[9] != 0
-    dense_backward_bf16_launch(a2[ia[0]], a2[ia[1]], a1[ia[2]], a2[ia[3]], a2[ia[5]], a1[ia[6]], a2[ia[10]],
-                               a2[ia[11]], a2[ia[12]], a2[ia[4]], ia[7], fa[0], ia[8] != 0, fused, lr, fa[1], nt)
-    ai[ia[13]][ia[14]] = 1 if fused else 0     # fused: W16 follows W; else the optimizer changes W later
+    B = _DB16
+    fused = ia[B.fused] != 0
+    dense_backward_bf16_launch(a2[ia[B.dx]], a2[ia[B.dW]], a1[ia[B.db]], a2[ia[B.dz]], a2[ia[B.W]], a1[ia[B.b]],
+                               a2[ia[B.x16]], a2[ia[B.W16]], a2[ia[B.dz16]], a2[ia[B.x]], ia[B.prev_act],
+                               fa[B.prev_alpha], ia[B.want_dx] != 0, fused, lr, fa[B.wd], nt)
+    ai[ia[B.bf16_ok]][ia[B.index]] = 1 if fused else 0     # fused: W16 follows W; else the optimizer changes W later
     return 0.0
 
 
@@ -229,25 +267,25 @@ class DenseOp(Op):
             self.params["b"][...] = 0
 
     def forward_entry(self, io, update_stats):
-        s = io.ws.slot
-        ia = [s(io.x), s(io.out), s(self.params["W"]), s(self.params.get("b")), self.act]
+        args = dict(x=io.x, out=io.out, W=self.params["W"], b=self.params.get("b"), act=self.act, alpha=self.alpha)
         if self.precision == "bf16":
-            return dense_forward_bf16_entry, ia + [s(self._bf16_store(io, "x16")), s(self._bf16_store(io, "W16")),
-                                                   s(io.ws.bf16_ok), self.index], [self.alpha]
+            return DENSE_FORWARD_BF16.bind(io.ws, self.where, **args, x16=self._bf16_store(io, "x16"),
+                                           W16=self._bf16_store(io, "W16"), bf16_ok=io.ws.bf16_ok, index=self.index)
         partial = self._ksplit_scratch(io)
         if partial is None:
-            return dense_forward_entry, ia + [forward_rows_from()], [self.alpha]
-        return dense_forward_small_entry, ia + [forward_rows_from(), s(partial)], [self.alpha]
+            return DENSE_FORWARD.bind(io.ws, self.where, **args, rows_from=forward_rows_from())
+        return DENSE_FORWARD_SMALL.bind(io.ws, self.where, **args, rows_from=forward_rows_from(), partial=partial)
 
     def backward_entry(self, io, fused_sgd, wd):
-        s = io.ws.slot
         pact, palpha = io.prev_act
-        ia = [s(io.dx), s(self.grads["W"]), s(self.grads.get("b")), s(io.delta), s(io.x), s(self.params["W"]),
-              s(self.params.get("b")), pact, io.dx is not None, fused_sgd]
+        args = dict(dx=io.dx, dW=self.grads["W"], db=self.grads.get("b"), dz=io.delta, x=io.x, W=self.params["W"],
+                    b=self.params.get("b"), prev_act=pact, want_dx=io.dx is not None, fused=fused_sgd,
+                    prev_alpha=palpha, wd=wd)
         if self.precision == "bf16":
-            stores = [s(self._bf16_store(io, n)) for n in ("x16", "W16", "dz16")]
-            return dense_backward_bf16_entry, ia + stores + [s(io.ws.bf16_ok), self.index], [palpha, wd]
-        return dense_backward_entry, ia, [palpha, wd]
+            return DENSE_BACKWARD_BF16.bind(io.ws, self.where, **args, x16=self._bf16_store(io, "x16"),
+                                            W16=self._bf16_store(io, "W16"), dz16=self._bf16_store(io, "dz16"),
+                                            bf16_ok=io.ws.bf16_ok, index=self.index)
+        return DENSE_BACKWARD.bind(io.ws, self.where, **args)
 
     def _ksplit_scratch(self, io):
         """(threads * N, F) partial products for the small-batch forward cut along D, or None
@@ -275,23 +313,41 @@ class DenseOp(Op):
 
 
 # ------------------------------------------------------------------------- BatchNorm
+BATCHNORM_FORWARD = Signature(
+    "batchnorm forward", x=A2("input", "N", "F"), out=A2("output", "N", "F"), gamma=A1("param", "F"),
+    beta=A1("param", "F"), mean=A1("scratch", "F"), inv_std=A1("scratch", "F"), running_mean=A1("state", "F"),
+    running_var=A1("state", "F"), act=Int("activation code"), momentum=Float("0: statistics stay"),
+    eps=Float(), alpha=Float("leaky_relu slope"))
+BATCHNORM_BACKWARD = Signature(
+    "batchnorm backward", dx=A2("delta of the input", "N", "F", optional=True), dgamma=A1("grad", "F"),
+    dbeta=A1("grad", "F"), dz=A2("delta", "N", "F"), x=A2("input", "N", "F"), gamma=A1("param", "F"),
+    beta=A1("param", "F"), mean=A1("scratch", "F"), inv_std=A1("scratch", "F"),
+    prev_act=Int("previous op's activation"), want_dx=Int("flag"), fused=Int("fused SGD flag"),
+    prev_alpha=Float("previous op's slope"), wd=Float("weight decay"))
+_BF, _BB = BATCHNORM_FORWARD.at, BATCHNORM_BACKWARD.at
+
+
+@BATCHNORM_FORWARD.entry
 @jit
 def batchnorm_forward_entry(a2, a1, ai, af, ia, fa, t, lr, training, nt):
-    # ia: x, out, gamma, beta, mean, inv_std, running_mean, running_var, act    fa: momentum, eps, alpha
-    batchnorm_forward_launch(a2[ia[1]], a2[ia[0]], a1[ia[2]], a1[ia[3]], a1[ia[4]], a1[ia[5]], a1[ia[6]],
-                             a1[ia[7]], fa[0], fa[1], training, ia[8], fa[2], nt)
+    F = _BF
+    batchnorm_forward_launch(a2[ia[F.out]], a2[ia[F.x]], a1[ia[F.gamma]], a1[ia[F.beta]], a1[ia[F.mean]],
+                             a1[ia[F.inv_std]], a1[ia[F.running_mean]], a1[ia[F.running_var]], fa[F.momentum],
+                             fa[F.eps], training, ia[F.act], fa[F.alpha], nt)
     return 0.0
 
 
+@BATCHNORM_BACKWARD.entry
 @jit
 def batchnorm_backward_entry(a2, a1, ai, af, ia, fa, t, lr, training, nt):
-    # ia: dx, dgamma, dbeta, dz, x, gamma, beta, mean, inv_std, prev_act, want_dx, fused    fa: prev_alpha, wd
-    batchnorm_backward_launch(a2[ia[0]], a1[ia[1]], a1[ia[2]], a2[ia[3]], a2[ia[4]], a1[ia[5]], a1[ia[7]],
-                              a1[ia[8]], training, ia[9], fa[0], ia[10] != 0, nt)
-    if ia[11] != 0:   # fused plain SGD: update gamma and beta from the gradients just written
+    B = _BB
+    batchnorm_backward_launch(a2[ia[B.dx]], a1[ia[B.dgamma]], a1[ia[B.dbeta]], a2[ia[B.dz]], a2[ia[B.x]],
+                              a1[ia[B.gamma]], a1[ia[B.mean]], a1[ia[B.inv_std]], training, ia[B.prev_act],
+                              fa[B.prev_alpha], ia[B.want_dx] != 0, nt)
+    if ia[B.fused] != 0:   # fused plain SGD: update gamma and beta from the gradients just written
         empty = a1[0]
-        sgd_launch(a1[ia[5]], a1[ia[1]], empty, lr, 0.0, False, fa[1], nt)
-        sgd_launch(a1[ia[6]], a1[ia[2]], empty, lr, 0.0, False, fa[1], nt)
+        sgd_launch(a1[ia[B.gamma]], a1[ia[B.dgamma]], empty, lr, 0.0, False, fa[B.wd], nt)
+        sgd_launch(a1[ia[B.beta]], a1[ia[B.dbeta]], empty, lr, 0.0, False, fa[B.wd], nt)
     return 0.0
 
 
@@ -373,40 +429,55 @@ class BatchNormOp(Op):
                 activation_backward(io.dx, io.dx, io.x, pact, palpha)
 
     def forward_entry(self, io, update_stats):
-        s, p, st, sc = io.ws.slot, self.params, self.state, io.scratch
+        p, st, sc = self.params, self.state, io.scratch
         if io.out.dtype.type(self.spec.eps) == 0:
             raise ValueError(f"BatchNorm.eps: {self.spec.eps!r} rounds to 0 in {io.out.dtype} (layer {self.index})")
-        return (batchnorm_forward_entry,
-                [s(io.x), s(io.out), s(p["gamma"]), s(p["beta"]), s(sc["mean"]), s(sc["inv_std"]),
-                 s(st["running_mean"]), s(st["running_var"]), self.act],
-                [self.spec.momentum if update_stats else 0.0, self.spec.eps, self.alpha])
+        return BATCHNORM_FORWARD.bind(io.ws, self.where, x=io.x, out=io.out, gamma=p["gamma"], beta=p["beta"],
+                                      mean=sc["mean"], inv_std=sc["inv_std"], running_mean=st["running_mean"],
+                                      running_var=st["running_var"], act=self.act,
+                                      momentum=self.spec.momentum if update_stats else 0.0, eps=self.spec.eps,
+                                      alpha=self.alpha)
 
     def backward_entry(self, io, fused_sgd, wd):
-        s, p, g, sc = io.ws.slot, self.params, self.grads, io.scratch
+        p, g, sc = self.params, self.grads, io.scratch
         pact, palpha = io.prev_act
-        return (batchnorm_backward_entry,
-                [s(io.dx), s(g["gamma"]), s(g["beta"]), s(io.delta), s(io.x), s(p["gamma"]), s(p["beta"]),
-                 s(sc["mean"]), s(sc["inv_std"]), pact, io.dx is not None, fused_sgd], [palpha, wd])
+        return BATCHNORM_BACKWARD.bind(io.ws, self.where, dx=io.dx, dgamma=g["gamma"], dbeta=g["beta"], dz=io.delta,
+                                       x=io.x, gamma=p["gamma"], beta=p["beta"], mean=sc["mean"],
+                                       inv_std=sc["inv_std"], prev_act=pact, want_dx=io.dx is not None,
+                                       fused=fused_sgd, prev_alpha=palpha, wd=wd)
 
 
 # --------------------------------------------------------------------------- Dropout
+_MASK = dict(layer=Int("op index (mask key)"), seed=Int("model seed (mask key)"),
+             row0=Int("first row in the global batch (mask key)"))
+DROPOUT_FORWARD = Signature("dropout forward", x=A2("input", "N", "F"), out=A2("output", "N", "F"), **_MASK,
+                            p=Float("drop probability"))
+DROPOUT_BACKWARD = Signature("dropout backward", dx=A2("delta of the input", "N", "F"), dz=A2("delta", "N", "F"),
+                             x=A2("input", "N", "F"), **_MASK, prev_act=Int("previous op's activation"),
+                             p=Float("drop probability"), prev_alpha=Float("previous op's slope"))
+_XF, _XB = DROPOUT_FORWARD.at, DROPOUT_BACKWARD.at
+
+
+@DROPOUT_FORWARD.entry
 @jit
 def dropout_forward_entry(a2, a1, ai, af, ia, fa, t, lr, training, nt):
-    # ia: x, out, layer, seed, row0     fa: p
-    if training and fa[0] > 0:
-        dropout_forward_launch(a2[ia[1]], a2[ia[0]], ia[3], t, ia[2], fa[0], ia[4], nt)
+    F = _XF
+    if training and fa[F.p] > 0:
+        dropout_forward_launch(a2[ia[F.out]], a2[ia[F.x]], ia[F.seed], t, ia[F.layer], fa[F.p], ia[F.row0], nt)
     else:
-        activation_forward_launch(a2[ia[1]], a2[ia[0]], IDENTITY, 0.0, nt)
+        activation_forward_launch(a2[ia[F.out]], a2[ia[F.x]], IDENTITY, 0.0, nt)
     return 0.0
 
 
+@DROPOUT_BACKWARD.entry
 @jit
 def dropout_backward_entry(a2, a1, ai, af, ia, fa, t, lr, training, nt):
-    # ia: dx, dz, x, layer, seed, row0, prev_act     fa: p, prev_alpha
-    if training and fa[0] > 0:
-        dropout_backward_launch(a2[ia[0]], a2[ia[1]], ia[4], t, ia[3], fa[0], ia[5], a2[ia[2]], ia[6], fa[1], nt)
+    B = _XB
+    if training and fa[B.p] > 0:
+        dropout_backward_launch(a2[ia[B.dx]], a2[ia[B.dz]], ia[B.seed], t, ia[B.layer], fa[B.p], ia[B.row0],
+                                a2[ia[B.x]], ia[B.prev_act], fa[B.prev_alpha], nt)
     else:
-        activation_backward_launch(a2[ia[0]], a2[ia[1]], a2[ia[2]], ia[6], fa[1], nt)
+        activation_backward_launch(a2[ia[B.dx]], a2[ia[B.dz]], a2[ia[B.x]], ia[B.prev_act], fa[B.prev_alpha], nt)
     return 0.0
 
 
@@ -420,32 +491,41 @@ class DropoutOp(Op):
         return [("dropout", {}, {"p": self.spec.p})]
 
     def forward_entry(self, io, update_stats):
-        s = io.ws.slot
         # row0: the workspace's first row in the global batch (masks are keyed by global row)
-        return dropout_forward_entry, [s(io.x), s(io.out), self.index, self.seed, io.ws.row0], [self.spec.p]
+        return DROPOUT_FORWARD.bind(io.ws, self.where, x=io.x, out=io.out, layer=self.index, seed=self.seed,
+                                    row0=io.ws.row0, p=self.spec.p)
 
     def backward_entry(self, io, fused_sgd, wd):
         if io.dx is None:
             return None
-        s = io.ws.slot
         pact, palpha = io.prev_act
-        return (dropout_backward_entry, [s(io.dx), s(io.delta), s(io.x), self.index, self.seed, io.ws.row0, pact],
-                [self.spec.p, palpha])
+        return DROPOUT_BACKWARD.bind(io.ws, self.where, dx=io.dx, dz=io.delta, x=io.x, layer=self.index,
+                                     seed=self.seed, row0=io.ws.row0, prev_act=pact, p=self.spec.p, prev_alpha=palpha)
 
 
 # ------------------------------------------------------------------------ Activation
+ACTIVATION_FORWARD = Signature("activation forward", x=A2("input", "N", "F"), out=A2("output", "N", "F"),
+                               act=Int("activation code"), alpha=Float("leaky_relu slope"))
+ACTIVATION_BACKWARD = Signature("activation backward", dx=A2("delta of the input", "N", "F"),
+                                dz=A2("delta", "N", "F"), x=A2("input", "N", "F"),
+                                prev_act=Int("previous op's activation"), prev_alpha=Float("previous op's slope"))
+_AF, _AB = ACTIVATION_FORWARD.at, ACTIVATION_BACKWARD.at
+
+
+@ACTIVATION_FORWARD.entry
 @jit
 def activation_forward_entry(a2, a1, ai, af, ia, fa, t, lr, training, nt):
-    # ia: x, out, act     fa: alpha
-    activation_forward_launch(a2[ia[1]], a2[ia[0]], ia[2], fa[0], nt)
+    F = _AF
+    activation_forward_launch(a2[ia[F.out]], a2[ia[F.x]], ia[F.act], fa[F.alpha], nt)
     return 0.0
 
 
+@ACTIVATION_BACKWARD.entry
 @jit
 def activation_backward_entry(a2, a1, ai, af, ia, fa, t, lr, training, nt):
     # its own derivative was applied by its successor: pass the delta on, times the previous op's
-    # ia: dx, dz, x, prev_act     fa: prev_alpha
-    activation_backward_launch(a2[ia[0]], a2[ia[1]], a2[ia[2]], ia[3], fa[0], nt)
+    B = _AB
+    activation_backward_launch(a2[ia[B.dx]], a2[ia[B.dz]], a2[ia[B.x]], ia[B.prev_act], fa[B.prev_alpha], nt)
     return 0.0
 
 
@@ -465,15 +545,14 @@ class ActivationOp(Op):
         return self._portable_act()
 
     def forward_entry(self, io, update_stats):
-        s = io.ws.slot
-        return activation_forward_entry, [s(io.x), s(io.out), self.act], [self.alpha]
+        return ACTIVATION_FORWARD.bind(io.ws, self.where, x=io.x, out=io.out, act=self.act, alpha=self.alpha)
 
     def backward_entry(self, io, fused_sgd, wd):
         if io.dx is None:
             return None
-        s = io.ws.slot
         pact, palpha = io.prev_act
-        return activation_backward_entry, [s(io.dx), s(io.delta), s(io.x), pact], [palpha]
+        return ACTIVATION_BACKWARD.bind(io.ws, self.where, dx=io.dx, dz=io.delta, x=io.x, prev_act=pact,
+                                        prev_alpha=palpha)
 
 
 def compile_specs(specs, input_dim):

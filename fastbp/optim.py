@@ -12,19 +12,31 @@ import numpy as np
 
 from .kernels import adam_launch, jit, sgd_launch
 from .kernels import validate as _check
+from .signature import A1, Float, Int, Signature
+
+_FLAT = dict(params=A1("param", "P"), grads=A1("grad", "P"))
+SGD_UPDATE = Signature("sgd", **_FLAT, velocity=A1("state", "*"), nesterov=Int("flag"), momentum=Float(),
+                       weight_decay=Float())
+ADAM_UPDATE = Signature("adam", **_FLAT, m=A1("state", "P"), v=A1("state", "P"), decoupled=Int("flag: AdamW"),
+                        beta1=Float(), beta2=Float(), eps=Float(), weight_decay=Float())
+_SG, _AD = SGD_UPDATE.at, ADAM_UPDATE.at
 
 
+@SGD_UPDATE.entry
 @jit
 def sgd_entry(a2, a1, ai, af, ia, fa, t, lr, training, nt):
-    # ia: params, grads, velocity, nesterov     fa: momentum, weight_decay
-    sgd_launch(a1[ia[0]], a1[ia[1]], a1[ia[2]], lr, fa[0], ia[3] != 0, fa[1], nt)
+    A = _SG
+    sgd_launch(a1[ia[A.params]], a1[ia[A.grads]], a1[ia[A.velocity]], lr, fa[A.momentum], ia[A.nesterov] != 0,
+               fa[A.weight_decay], nt)
     return 0.0
 
 
+@ADAM_UPDATE.entry
 @jit
 def adam_entry(a2, a1, ai, af, ia, fa, t, lr, training, nt):
-    # ia: params, grads, m, v, decoupled     fa: beta1, beta2, eps, weight_decay
-    adam_launch(a1[ia[0]], a1[ia[1]], a1[ia[2]], a1[ia[3]], float(t), lr, fa[0], fa[1], fa[2], fa[3], ia[4] != 0, nt)
+    A = _AD
+    adam_launch(a1[ia[A.params]], a1[ia[A.grads]], a1[ia[A.m]], a1[ia[A.v]], float(t), lr, fa[A.beta1], fa[A.beta2],
+                fa[A.eps], fa[A.weight_decay], ia[A.decoupled] != 0, nt)
     return 0.0
 
 
@@ -57,9 +69,8 @@ class SGD:
         return {"velocity": np.zeros(P if self.momentum else 0, dtype)}
 
     def entry(self, ws, params, grads, state):
-        s = ws.slot
-        return sgd_entry, [s(params), s(grads), s(state["velocity"]), self.nesterov], [self.momentum,
-                                                                                        self.weight_decay]
+        return SGD_UPDATE.bind(ws, "the optimizer (SGD)", params=params, grads=grads, velocity=state["velocity"],
+                               nesterov=self.nesterov, momentum=self.momentum, weight_decay=self.weight_decay)
 
 
 @dataclass
@@ -88,9 +99,9 @@ class Adam:
     def entry(self, ws, params, grads, state):
         if params.dtype.type(self.eps) == 0:
             raise ValueError(f"{type(self).__name__}.eps: {self.eps!r} underflows to 0 in {params.dtype}")
-        s = ws.slot
-        return adam_entry, [s(params), s(grads), s(state["m"]), s(state["v"]), self.decoupled], \
-            [self.beta1, self.beta2, self.eps, self.weight_decay]
+        return ADAM_UPDATE.bind(ws, f"the optimizer ({type(self).__name__})", params=params, grads=grads,
+                                m=state["m"], v=state["v"], decoupled=self.decoupled, beta1=self.beta1,
+                                beta2=self.beta2, eps=self.eps, weight_decay=self.weight_decay)
 
 
 @dataclass

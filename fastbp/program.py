@@ -9,7 +9,8 @@ Every op, loss and optimizer contributes entries with one uniform signature::
 * ``ai``: typed List of int64 1-D arrays (class labels); ``af``: float64 1-D arrays
   (``af[0]`` per-chunk partial sums, ``af[1]`` the step statistics ``[loss, correct]``);
 * ``ia`` / ``fa``: this entry's own int64 / float64 arguments (list indices, activation
-  codes, flags; slopes, momenta, probabilities);
+  codes, flags; slopes, momenta, probabilities), packed by name from the entry's declared
+  ``Signature`` (``fastbp.signature``) and read by the entry through the same declaration;
 * ``t`` step number (dropout key, Adam's bias correction), ``lr``, ``training``, ``nt`` chunks.
 
 An entry returns its contribution to the program's value (losses return the loss, all others
@@ -23,9 +24,9 @@ import time
 
 import numpy as np
 from numba import from_dtype, types
-from numba.core.types.function_type import CompileResultWAP
 from numba.typed import List
 
+from ._numba_internals import function_value, is_function_value
 from .kernels import JIT_DISABLED, jit
 
 
@@ -87,7 +88,7 @@ def _compiled(fn, dtype):
         wait_for(fn, dtype)      # a helper process may be compiling it into the cache
         sig = entry_signature(dtype)
         fn.compile(sig)
-        wap = _COMPILED[key] = CompileResultWAP(fn.overloads[sig.args])
+        wap = _COMPILED[key] = function_value(fn, sig)
     return wap
 
 
@@ -124,7 +125,7 @@ def typed_list(items, item_type=None):
     items = list(items)
     if JIT_DISABLED:
         return items
-    if items and isinstance(items[0], (np.ndarray, CompileResultWAP)):
+    if items and (isinstance(items[0], np.ndarray) or is_function_value(items[0])):
         out = _list_of(items[0])
         for it in items[1:]:
             _append(out, it)

@@ -46,13 +46,9 @@ for name in sys.argv[2:]:
 
 def cached(fn, dtype):
     """Whether numba's disk cache holds ``fn`` compiled for ``dtype`` (None: cannot tell)."""
+    from ._numba_internals import disk_cached
     from .program import entry_signature
-    try:
-        c = fn._cache
-        key = c._index_key(entry_signature(dtype), fn.targetctx.codegen())
-        return key in c._cache_file._load_index()
-    except Exception:    # numba internals (stable since 0.49); unknown means: do not spawn helpers
-        return None
+    return disk_cached(fn, entry_signature(dtype))
 
 
 def start_helpers(fns, dtype):
