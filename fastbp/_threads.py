@@ -87,6 +87,22 @@ def pinned(n):
         _state["explicit"] = explicit
 
 
+@contextmanager
+def capped(n):
+    """At most ``n`` threads inside the block (a rank's share of its CPUs), then the count before."""
+    old = numba.get_num_threads()
+    numba.set_num_threads(max(1, min(old, int(n))))
+    try:
+        yield
+    finally:
+        numba.set_num_threads(old)
+
+
+def cap(n):
+    """At most ``n`` threads from now on (``fastbp bench --distributed``: the process is a rank)."""
+    numba.set_num_threads(max(1, min(numba.get_num_threads(), int(n))))
+
+
 def get_num_threads():
     return numba.get_num_threads()
 

@@ -760,12 +760,12 @@ def run_distributed(comm, batch_sizes=(128, 512, 2048), repeat=7, out=None):
     """``fastbp bench --distributed`` (under mpiexec): per global batch size, the data-parallel step
     time, the all-reduce of the gradient buffer alone, the single-rank step on the same global
     batch (rank 0 alone, the others waiting) and the scaling efficiency T1 / (ranks x Tn)."""
-    import numba
+    from ._threads import cap, get_num_threads
 
     say = (lambda s: print(s, file=out, flush=True)) if (out is not None and comm.rank == 0) else (lambda s: None)
-    numba.set_num_threads(min(numba.get_num_threads(), comm.threads))
+    cap(comm.threads)
     comm.announce()
-    nt = numba.get_num_threads()
+    nt = get_num_threads()
     rng = np.random.default_rng(0)
     res = {"ranks": comm.size, "local_ranks": comm.local_size, "threads_per_rank": nt, "meta": metadata(),
            "rows": []}

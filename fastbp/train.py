@@ -20,7 +20,7 @@ import numpy as np
 
 from . import inputs
 from . import optim as O
-from ._threads import Governor, adaptive, chunk_count, fixed_chunks
+from ._threads import Governor, adaptive, capped, chunk_count, fixed_chunks
 from .kernels import bind_blas, count_nonfinite
 from .program import compile_seconds
 
@@ -200,13 +200,11 @@ def _fit_distributed(model, X, y, comm, **kw):
         raise ValueError("track_grad_norms: not available with distributed training")
     if comm.rank != 0:
         kw.update(verbose=False, progress=None, on_epoch=None)
-    import numba
-    threads_before = numba.get_num_threads()
-    numba.set_num_threads(min(threads_before, comm.threads))   # a ceiling: the CPUs the launcher gave this rank
     comm.announce()
     model.rank = comm.rank
     try:
-        return _fit(model, X, y, comm=comm, **kw)
+        with capped(comm.threads):     # a ceiling: the CPUs the launcher gave this rank
+            return _fit(model, X, y, comm=comm, **kw)
     except D.CommError:
         raise
     except BaseException as e:
@@ -215,7 +213,6 @@ def _fit_distributed(model, X, y, comm, **kw):
         raise
     finally:
         model.rank = 0
-        numba.set_num_threads(threads_before)
 
 
 def _agreement_fields(model, X, y, opt, seed, B, epochs, shuffle, sync_every, schedule, validation_split):

@@ -15,6 +15,7 @@ import atexit
 import os
 import subprocess
 import sys
+import threading
 import time
 
 import numpy as np
@@ -30,6 +31,7 @@ WAIT_LIMIT = 300.0   # s after which a helper is given up (this process then com
 ENV = "FASTBP_PARALLEL_COMPILE"
 
 _helpers = {}        # (entry function, dtype name) -> the helper process compiling it
+_LOCK = threading.Lock()   # plans built at once in threads (simulated ranks) must not both spawn
 spawned = []         # the entry names each helper was given, in start order (for tests and bench)
 
 _HELPER = """
@@ -53,6 +55,11 @@ def cached(fn, dtype):
 
 def start_helpers(fns, dtype):
     """Hand the costliest uncached entries of a new plan to helper processes (see module doc)."""
+    with _LOCK:
+        return _start_helpers(fns, dtype)
+
+
+def _start_helpers(fns, dtype):
     from ._threads import env_off, usable_cpus
     from .distributed import launched_ranks
     from .kernels import JIT_DISABLED
