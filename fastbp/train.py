@@ -232,162 +232,258 @@ def _agreement_fields(model, X, y, opt, seed, B, epochs, shuffle, sync_every, sc
 def _fit(model, X, y, epochs, batch_size, lr, optimizer, shuffle, seed, validation_data, validation_split,
          schedule, callbacks, verbose, progress, on_epoch, checkpoint, track_grad_norms, grad_norm_every, comm=None,
          sync_every=1):
-    from . import checkpoint as ck
-    from .schedules import as_schedule
-    epochs = inputs.positive_int("epochs", epochs)
-    B = inputs.positive_int("batch_size", batch_size)
-    grad_norm_every = inputs.positive_int("grad_norm_every", grad_norm_every)
-    seed = model.seed if seed is None else inputs.integer("seed", seed, 0, 2 ** 63 - 1)
-    if lr is not None:
-        lr = O.check_lr(lr)
-    sched = as_schedule(schedule) if schedule is not None else None
-    cbs = _callbacks(callbacks, progress, on_epoch, verbose)
-    if validation_data is not None and validation_split is not None:
-        raise ValueError("validation_split: give validation_data or validation_split, not both")
-    stream = y is None
-    if stream:
-        if validation_split is not None:
-            raise ValueError("validation_split: not available for streamed data (pass validation_data)")
-        source = _Stream(X, epochs)
-        if not model.built:   # the first batch says the width
-            head = source.peek()
-            if isinstance(head, (tuple, list)) and len(head) == 2:
-                model._x(head[0], name="X (batch 0 of epoch 1)")
-    else:
-        X, y = model._xy(X, y)
-    val = None
-    if validation_data is not None:
-        if not (isinstance(validation_data, (tuple, list)) and len(validation_data) == 2):
-            raise ValueError("validation_data: expected a tuple (X_val, y_val)")
-        val = model._xy(*validation_data, name="validation_data[0]", yname="validation_data[1]")
-    elif validation_split is not None:
-        X, y, val = _split(model, X, y, validation_split, seed)
+    run = _Run(model, epochs, batch_size, lr, shuffle, seed, schedule, callbacks, verbose, progress, on_epoch,
+               checkpoint, track_grad_norms, grad_norm_every)
+    X, y, val = run.data(X, y, validation_data, validation_split)
     if checkpoint is not None and os.path.exists(checkpoint):
+        from . import checkpoint as ck
         ck.restore(model, checkpoint)
     _set_optimizer(model, optimizer, lr)
-    plan, opt = model.plan, model.optimizer
-    step = None
-    if comm is not None:
-        from .distributed import Step, check_agreement
-        check_agreement(comm, _agreement_fields(model, X, y, opt, seed, B, epochs, shuffle, sync_every, schedule,
-                                                validation_split))
-        step = Step(plan, comm, opt, model.opt_state)
-        step.broadcast_state(model)
-    fuse = not track_grad_norms   # grad norms need the gradients: no fused SGD then
-    base_lr = opt.lr
-    hist = model.history if (model.history is not None and model.epochs_done) else new_history()
-    hist.setdefault("compile_seconds", [])
-    if track_grad_norms:
-        hist.setdefault("grad_norms", [])
-    model.history = hist
-    if not stream:
-        n = X.shape[0]
-        per_batch = plan.min_train_rows * (comm.size if comm is not None else 1)
-        if comm is not None and B < per_batch:
-            raise ValueError(f"batch_size: {B} rows cannot give each of {comm.size} ranks {plan.min_train_rows}")
-        bounds = _batch_bounds(n, B, per_batch)
-        if n < per_batch:
-            raise ValueError(f"X: BatchNorm in training needs at least {plan.min_train_rows} rows, got {n}")
+    stepper = _stepper(run, X, y, comm, sync_every, validation_split)
+    run.start_history()
+    bounds = run.bounds(X, comm)
     bind_blas()            # once per process (and the BLAS timing once per machine): before any epoch's timer
     nt = chunk_count()     # chunks per kernel for the whole fit (validation too), whichever threads run them
-    gov = Governor(compiling=compile_seconds) if comm is None and nt > 1 and adaptive() else contextlib.nullcontext()
+    stepper.nt = nt
+    gov = Governor(compiling=compile_seconds) if comm is None and nt > 1 and adaptive() else None
+    stepper.gov = gov if gov is not None else contextlib.nullcontext()
     model.train()
     model.stop_training = False
-    start_epoch = model.epochs_done
-    end_epoch = epochs if checkpoint is not None else start_epoch + epochs
-    for cb in cbs:
-        cb.on_train_begin(model, {"epochs": end_epoch - start_epoch})
-    last_ws = None
-    fixed = contextlib.ExitStack()
-    fixed.enter_context(fixed_chunks(nt))
+    start, end = model.epochs_done, (run.epochs if checkpoint is not None else model.epochs_done + run.epochs)
+    for cb in run.cbs:
+        cb.on_train_begin(model, {"epochs": end - start})
     try:
-        for epoch in range(start_epoch, end_epoch):
-            if stream:
-                batches, total_rows = _stream_batches(model, source.items(), epoch), None
-            else:
-                rng = np.random.default_rng([seed, epoch])
-                order = rng.permutation(n) if shuffle else np.arange(n)
-                batches, total_rows = _memory_batches(X, y, bounds, order, nt), n
-            t0, c0 = time.perf_counter(), compile_seconds[0]
-            total, correct, done, lr_t = 0.0, 0.0, 0, base_lr
-            if step is not None:   # distributed: the step gathers its own shard of the batch's rows
-                batches = ((e - s, order[s:e]) for s, e in bounds)
-            for rows, batch in batches:
-                model.step_count += 1
-                t = model.step_count
-                if sched is not None:
-                    lr_t = O.check_lr(base_lr * sched.multiplier(t, epoch), "schedule value * lr")
-                if step is not None and sync_every > 1:     # local SGD: this rank's shard, average every k
-                    loss, n_correct, rows = step.run_local(X, y, batch, t, lr_t, nt)
-                    if t % sync_every == 0:
-                        step.average(model)
-                elif step is not None:
-                    loss, n_correct = step.run(X, y, batch, t, lr_t, nt)
-                else:
-                    ws = plan.train_workspace(rows)
-                    batch(ws)          # fills the workspace with the batch's rows
-                    # bf16 weight copies stay current across back-to-back fused steps in one
-                    # workspace; any other step (new workspace, callbacks that may touch weights) re-rounds
-                    current = ws is last_ws and not cbs
-                    with gov:
-                        loss = plan.run(ws, "train", t, lr_t, True, nt, opt, model.opt_state, fuse=fuse,
-                                        bf16_current=current)
-                    last_ws = ws
-                    n_correct = ws.stats[1]
-                if not math.isfinite(loss):
-                    raise FloatingPointError(f"training diverged: loss is {loss} at epoch {epoch + 1}, "
-                                             f"step {t}; lower lr (now {lr_t})")
-                if track_grad_norms and t % grad_norm_every == 0:
-                    hist["grad_norms"].append(_grad_norms(plan, ws, t))
-                total += loss * rows
-                correct += float(n_correct)
-                done += rows
-                if cbs:
-                    logs = {"step": t, "loss": loss, "rows": rows, "done": done, "total": total_rows, "lr": lr_t}
-                    for cb in cbs:
-                        cb.on_batch_end(model, t, logs)
-                    if model.stop_training:
-                        break
-            if step is not None and sync_every > 1:
-                step.average(model)
-                sums = np.array([total, correct, done], np.float64)
-                comm.allreduce(sums)
-                total, correct, done = float(sums[0]), float(sums[1]), int(sums[2])
-            compiled = compile_seconds[0] - c0   # first-run kernel compilation, reported apart
-            secs = time.perf_counter() - t0 - compiled
-            _check_params(plan, f"during epoch {epoch + 1} (last step {model.step_count}); lower lr (now {lr_t})")
-            hist["epoch"].append(epoch + 1)
-            hist["loss"].append(total / done)
-            hist["accuracy"].append(correct / done if plan.loss.has_accuracy else None)
-            hist["seconds"].append(secs)
-            hist["samples_per_s"].append(done / secs if secs > 0 else float("inf"))
-            hist["lr"].append(lr_t)
-            hist["compile_seconds"].append(compiled)
-            if val is not None:
-                ev = model.evaluate(*val)
-                model.train()
-                hist["val_loss"].append(ev["loss"])
-                hist["val_accuracy"].append(ev.get("accuracy"))
-            model.epochs_done = epoch + 1
-            logs = {k: hist[k][-1] for k in ("epoch", "loss", "accuracy", "seconds", "lr")}
-            logs.update(val_loss=hist["val_loss"][-1] if val is not None else None,
-                        val_accuracy=hist["val_accuracy"][-1] if val is not None else None)
-            if sched is not None:
-                sched.observe(logs)
-            if checkpoint is not None and getattr(model, "rank", 0) == 0:
-                model.save(checkpoint)
-            for cb in cbs:
-                cb.on_epoch_end(model, epoch, logs)
-            if model.stop_training:
-                break
+        with fixed_chunks(nt):
+            for epoch in range(start, end):
+                totals = _train_epoch(run, stepper, X, y, bounds, epoch)
+                _end_epoch(run, stepper, epoch, totals, val)
+                if model.stop_training:
+                    break
     finally:
-        fixed.close()
-        if isinstance(gov, Governor):
+        if gov is not None:
             gov.close()
             model.thread_changes = gov.changes     # (window, threads) each time the governor acted
-    for cb in cbs:
+    for cb in run.cbs:
         cb.on_train_end(model, {"epochs_done": model.epochs_done})
-    return hist
+    return model.history
+
+
+class _Run:
+    """One fit's checked settings and what the epochs share (the model, callbacks, history)."""
+
+    def __init__(self, model, epochs, batch_size, lr, shuffle, seed, schedule, callbacks, verbose, progress,
+                 on_epoch, checkpoint, track_grad_norms, grad_norm_every):
+        from .schedules import as_schedule
+        self.model, self.shuffle, self.checkpoint = model, shuffle, checkpoint
+        self.epochs = inputs.positive_int("epochs", epochs)
+        self.B = inputs.positive_int("batch_size", batch_size)
+        self.grad_norm_every = inputs.positive_int("grad_norm_every", grad_norm_every)
+        self.seed = model.seed if seed is None else inputs.integer("seed", seed, 0, 2 ** 63 - 1)
+        if lr is not None:
+            O.check_lr(lr)
+        self.schedule = schedule     # as given (the ranks compare it)
+        self.sched = as_schedule(schedule) if schedule is not None else None
+        self.cbs = _callbacks(callbacks, progress, on_epoch, verbose)
+        self.track_grad_norms = track_grad_norms
+        self.source = None
+
+    def data(self, X, y, validation_data, validation_split):
+        """(X, y, validation pair or None): arrays checked and converted, or a stream (X: _Stream)."""
+        model = self.model
+        if validation_data is not None and validation_split is not None:
+            raise ValueError("validation_split: give validation_data or validation_split, not both")
+        if y is None:
+            if validation_split is not None:
+                raise ValueError("validation_split: not available for streamed data (pass validation_data)")
+            self.source = _Stream(X, self.epochs)
+            if not model.built:   # the first batch says the width
+                head = self.source.peek()
+                if isinstance(head, (tuple, list)) and len(head) == 2:
+                    model._x(head[0], name="X (batch 0 of epoch 1)")
+        else:
+            X, y = model._xy(X, y)
+        val = None
+        if validation_data is not None:
+            if not (isinstance(validation_data, (tuple, list)) and len(validation_data) == 2):
+                raise ValueError("validation_data: expected a tuple (X_val, y_val)")
+            val = model._xy(*validation_data, name="validation_data[0]", yname="validation_data[1]")
+        elif validation_split is not None:
+            X, y, val = _split(model, X, y, validation_split, self.seed)
+        return X, y, val
+
+    def start_history(self):
+        model = self.model
+        hist = model.history if (model.history is not None and model.epochs_done) else new_history()
+        hist.setdefault("compile_seconds", [])
+        if self.track_grad_norms:
+            hist.setdefault("grad_norms", [])
+        model.history = hist
+        self.base_lr = model.optimizer.lr
+
+    def bounds(self, X, comm):
+        """(start, end) rows of each step for in-memory data (None for streams)."""
+        if self.source is not None:
+            return None
+        plan, n = self.model.plan, X.shape[0]
+        per_batch = plan.min_train_rows * (comm.size if comm is not None else 1)
+        if comm is not None and self.B < per_batch:
+            raise ValueError(f"batch_size: {self.B} rows cannot give each of {comm.size} ranks {plan.min_train_rows}")
+        if n < per_batch:
+            raise ValueError(f"X: BatchNorm in training needs at least {plan.min_train_rows} rows, got {n}")
+        return _batch_bounds(n, self.B, per_batch)
+
+    def lr_at(self, t, epoch):
+        if self.sched is None:
+            return self.base_lr
+        return O.check_lr(self.base_lr * self.sched.multiplier(t, epoch), "schedule value * lr")
+
+
+class _Local:
+    """One process: each step fills the batch's workspace and runs the fused training program."""
+    distributed = False
+
+    def __init__(self, run):
+        self.run, self.model = run, run.model
+        self.fuse = not run.track_grad_norms   # grad norms need the gradients: no fused SGD then
+        self.last_ws = None
+
+    def step(self, rows, fill, t, lr):
+        model, plan = self.model, self.model.plan
+        ws = plan.train_workspace(rows)
+        fill(ws)          # fills the workspace with the batch's rows
+        # bf16 weight copies stay current across back-to-back fused steps in one workspace; any
+        # other step (new workspace, callbacks that may touch weights) re-rounds
+        current = ws is self.last_ws and not self.run.cbs
+        with self.gov:
+            loss = plan.run(ws, "train", t, lr, True, self.nt, model.optimizer, model.opt_state, fuse=self.fuse,
+                            bf16_current=current)
+        self.last_ws = ws
+        return loss, ws.stats[1], rows
+
+    def end_epoch(self, sums):
+        return sums
+
+
+class _Synced:
+    """Data-parallel: every step all-reduces the gradients (``distributed.Step``)."""
+    distributed = True
+
+    def __init__(self, run, X, y, step):
+        self.run, self.X, self.y, self.step_ = run, X, y, step
+
+    def step(self, rows, idx, t, lr):
+        loss, n_correct = self.step_.run(self.X, self.y, idx, t, lr, self.nt)
+        return loss, n_correct, rows
+
+    def end_epoch(self, sums):
+        return sums
+
+
+class _LocalSGD(_Synced):
+    """Local SGD: each rank steps on its shard; parameters are averaged every k steps and at the
+    end of every epoch (with the epoch's loss sums)."""
+
+    def __init__(self, run, X, y, step, comm, k):
+        super().__init__(run, X, y, step)
+        self.comm, self.k = comm, k
+
+    def step(self, rows, idx, t, lr):
+        loss, n_correct, rows = self.step_.run_local(self.X, self.y, idx, t, lr, self.nt)
+        if t % self.k == 0:
+            self.step_.average(self.run.model)
+        return loss, n_correct, rows
+
+    def end_epoch(self, sums):
+        self.step_.average(self.run.model)
+        s = np.array(sums, np.float64)
+        self.comm.allreduce(s)
+        return float(s[0]), float(s[1]), int(s[2])
+
+
+def _stepper(run, X, y, comm, sync_every, validation_split):
+    """The step strategy of this fit; distributed ones first check that the ranks agree."""
+    if comm is None:
+        return _Local(run)
+    from .distributed import Step, check_agreement
+    model = run.model
+    opt = model.optimizer
+    check_agreement(comm, _agreement_fields(model, X, y, opt, run.seed, run.B, run.epochs, run.shuffle, sync_every,
+                                            run.schedule, validation_split))
+    step = Step(model.plan, comm, opt, model.opt_state)
+    step.broadcast_state(model)
+    return _LocalSGD(run, X, y, step, comm, sync_every) if sync_every > 1 else _Synced(run, X, y, step)
+
+
+def _batches(run, stepper, X, y, bounds, epoch):
+    """(rows, item) per step of ``epoch``: item fills a workspace (one process) or is the global
+    batch's row indices (distributed: the step gathers its own shard)."""
+    if run.source is not None:
+        return _stream_batches(run.model, run.source.items(), epoch)
+    n = X.shape[0]
+    order = np.random.default_rng([run.seed, epoch]).permutation(n) if run.shuffle else np.arange(n)
+    if stepper.distributed:
+        return ((e - s, order[s:e]) for s, e in bounds)
+    return _memory_batches(X, y, bounds, order, stepper.nt)
+
+
+def _train_epoch(run, stepper, X, y, bounds, epoch):
+    """The steps of one epoch: (loss sum, correct, rows, last lr, start time, compile seconds before)."""
+    model, hist = run.model, run.model.history
+    total_rows = None if run.source is not None else X.shape[0]
+    t0, c0 = time.perf_counter(), compile_seconds[0]
+    total, correct, done, lr_t = 0.0, 0.0, 0, run.base_lr
+    for rows, item in _batches(run, stepper, X, y, bounds, epoch):
+        model.step_count += 1
+        t = model.step_count
+        lr_t = run.lr_at(t, epoch)
+        loss, n_correct, rows = stepper.step(rows, item, t, lr_t)
+        if not math.isfinite(loss):
+            raise FloatingPointError(f"training diverged: loss is {loss} at epoch {epoch + 1}, "
+                                     f"step {t}; lower lr (now {lr_t})")
+        if run.track_grad_norms and t % run.grad_norm_every == 0:
+            hist["grad_norms"].append(_grad_norms(model.plan, stepper.last_ws, t))
+        total += loss * rows
+        correct += float(n_correct)
+        done += rows
+        if run.cbs:
+            logs = {"step": t, "loss": loss, "rows": rows, "done": done, "total": total_rows, "lr": lr_t}
+            for cb in run.cbs:
+                cb.on_batch_end(model, t, logs)
+            if model.stop_training:
+                break
+    total, correct, done = stepper.end_epoch((total, correct, done))
+    return total, correct, done, lr_t, t0, c0
+
+
+def _end_epoch(run, stepper, epoch, totals, val):
+    """History, validation, schedule, checkpoint and callbacks after ``epoch``."""
+    model, plan, hist = run.model, run.model.plan, run.model.history
+    total, correct, done, lr_t, t0, c0 = totals
+    compiled = compile_seconds[0] - c0   # first-run kernel compilation, reported apart
+    secs = time.perf_counter() - t0 - compiled
+    _check_params(plan, f"during epoch {epoch + 1} (last step {model.step_count}); lower lr (now {lr_t})")
+    hist["epoch"].append(epoch + 1)
+    hist["loss"].append(total / done)
+    hist["accuracy"].append(correct / done if plan.loss.has_accuracy else None)
+    hist["seconds"].append(secs)
+    hist["samples_per_s"].append(done / secs if secs > 0 else float("inf"))
+    hist["lr"].append(lr_t)
+    hist["compile_seconds"].append(compiled)
+    if val is not None:
+        ev = model.evaluate(*val)
+        model.train()
+        hist["val_loss"].append(ev["loss"])
+        hist["val_accuracy"].append(ev.get("accuracy"))
+    model.epochs_done = epoch + 1
+    logs = {k: hist[k][-1] for k in ("epoch", "loss", "accuracy", "seconds", "lr")}
+    logs.update(val_loss=hist["val_loss"][-1] if val is not None else None,
+                val_accuracy=hist["val_accuracy"][-1] if val is not None else None)
+    if run.sched is not None:
+        run.sched.observe(logs)
+    if run.checkpoint is not None and getattr(model, "rank", 0) == 0:
+        model.save(run.checkpoint)
+    for cb in run.cbs:
+        cb.on_epoch_end(model, epoch, logs)
 
 
 def _check_params(plan, where):
