@@ -9,6 +9,7 @@ __version__ = "0.2.0"
 
 _EXPORTS = {
     "Model": "model", "Dense": "layers", "Activation": "layers", "BatchNorm": "layers", "Dropout": "layers",
+    "Add": "layers", "Concat": "layers", "Input": "graph",
     "SGD": "optim", "Adam": "optim", "AdamW": "optim", "gradcheck": "gradient_check",
     "set_num_threads": "_threads", "get_num_threads": "_threads", "threading_info": "_threads",
 }

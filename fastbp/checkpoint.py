@@ -27,8 +27,11 @@ SUFFIXES = (".npz", ".safetensors")
 
 
 def architecture(model):
-    return {"format": FORMAT_VERSION, "layers": [L.spec_to_dict(s) for s in model.specs], "loss": model.loss,
-            "dtype": model.dtype.name, "input_dim": model.input_dim, "seed": model.seed}
+    a = {"format": FORMAT_VERSION, "layers": [L.spec_to_dict(s) for s in model.specs], "loss": model.loss,
+         "dtype": model.dtype.name, "input_dim": model.input_dim, "seed": model.seed}
+    if model.wiring is not None:
+        a["wiring"] = [list(w) for w in model.wiring]     # a graph: the inputs of each layer
+    return a
 
 
 def _arrays(model, copy):
@@ -186,7 +189,8 @@ def _model_from(meta, path, cls=None):
         from .model import Model as cls
     try:
         specs = [L.spec_from_dict(d) for d in a["layers"]]
-        return cls(specs, loss=a["loss"], input_dim=a["input_dim"], dtype=a["dtype"], seed=a["seed"])
+        return cls(specs, loss=a["loss"], input_dim=a["input_dim"], dtype=a["dtype"], seed=a["seed"],
+                   wiring=a.get("wiring"))
     except (TypeError, KeyError, ValueError, AttributeError) as e:
         raise ValueError(f"{path}: invalid architecture in checkpoint ({type(e).__name__}: {e})") from None
 
@@ -201,9 +205,9 @@ def load(cls, path):
 def restore(model, path):
     """Load ``path`` into an existing model of the same architecture."""
     arrays, meta = read(path)
-    keys = ("layers", "loss", "dtype", "input_dim")
+    keys = ("layers", "loss", "dtype", "input_dim", "wiring")
     mine, theirs = architecture(model), meta["architecture"]
-    if {k: mine[k] for k in keys} != {k: theirs.get(k) for k in keys}:
+    if {k: mine.get(k) for k in keys} != {k: theirs.get(k) for k in keys}:
         raise ValueError(f"{path}: checkpoint is for a different architecture "
                          f"({theirs.get('layers')}, input_dim={theirs.get('input_dim')}) than this model")
     apply(model, arrays, meta, path)
@@ -262,7 +266,7 @@ def apply(model, arrays, meta, path):
 def to_state(model):
     """Everything a copy needs (for pickle / deepcopy): plain data and numpy arrays."""
     state = {"specs": model.specs, "loss": model.loss, "dtype": model.dtype.name, "seed": model.seed,
-             "training": model.training, "precision": model.precision}
+             "training": model.training, "precision": model.precision, "wiring": model.wiring}
     if model.built:
         state.update(input_dim=model.input_dim, arrays=_arrays(model, copy=True), meta=json.loads(json.dumps(
             _meta(model))))
@@ -271,7 +275,7 @@ def to_state(model):
 
 def from_state(model, state):
     model.__init__(state["specs"], loss=state["loss"], input_dim=state.get("input_dim"), dtype=state["dtype"],
-                   seed=state["seed"], precision=state.get("precision", "fp32"))
+                   seed=state["seed"], precision=state.get("precision", "fp32"), wiring=state.get("wiring"))
     if "arrays" in state:
         apply(model, state["arrays"], state["meta"], "<copy>")
     model.training = state["training"]

@@ -144,6 +144,8 @@ def build_parser():
     e.add_argument("--variant", choices=["article", "full-batch"], default="article",
                    help="vanishing: article 000's data, cost and mini-batch SGD, or the earlier full-batch set-up")
     e.add_argument("--relu", action="store_true", help="vanishing: also train the same net with ReLU hidden layers")
+    e.add_argument("--deep", action="store_true",
+                   help="vanishing: also a 20-layer sigmoid chain against the same layers with residual connections")
     e.add_argument("--optimizer", choices=["adam", "sgd"], default="adam", help="regularizers: update rule")
     e.add_argument("--no-bias", action="store_true", help="regularizers: layers without bias (as in article 003)")
     e.add_argument("--validation-split", type=float, default=0.1,
@@ -223,7 +225,7 @@ def cmd_experiment(args):
                          "or choose another --out")
     if args.name == "vanishing":
         experiments.vanishing(out, seed=args.seed, variant=args.variant, relu=args.relu, epochs=args.epochs,
-                              lr=args.lr)
+                              lr=args.lr, deep=args.deep)
     else:
         experiments.regularizers(out, epochs=args.epochs or 5, lr=args.lr, seed=args.seed, data_dir=args.data_dir,
                                  subset=args.subset, optimizer=args.optimizer, bias=not args.no_bias,

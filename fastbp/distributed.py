@@ -349,21 +349,24 @@ class Step:
         ios = [IO(ws, ops, i) for i in range(n)]
 
         def segments(order, make):
+            """The plan's entries in ``order``, cut into programs around the batch-coupled ops
+            (run by their sync_* methods); ``make(i)``: op i's entries, the op's own first."""
             out, run = [], []
             for i in order:
+                entries = make(i)
                 if ops[i].batch_coupled:
                     if run:
                         out.append(("program", Program(plan.dtype, run)))
-                        run = []
                     out.append(("coupled", i))
+                    run = entries[1:]     # what follows the op's own entry (a delta's accumulation)
                 else:
-                    run.append(make(i))
+                    run += entries
             if run:
                 out.append(("program", Program(plan.dtype, run)))
             return out
-        fwd = segments(range(n), lambda i: ops[i].forward_entry(ios[i], update_stats=True))
+        fwd = segments(range(n), lambda i: [ops[i].forward_entry(ios[i], update_stats=True)])
         loss = Program(plan.dtype, [plan.loss.entry(ios[-1], ops[-1], True, True)])
-        bwd = segments(range(n - 1, -1, -1), lambda i: ops[i].backward_entry(ios[i], False, 0.0))
+        bwd = segments(range(n - 1, -1, -1), lambda i: plan.backward_entries(ws, ios, i, False, 0.0))
         update = Program(plan.dtype, [self.optimizer.entry(ws, plan.params, plan.grads, self.opt_state)])
         ws.finish()
         self.cache[key] = parts = (ws, ios, fwd, loss, bwd, update)

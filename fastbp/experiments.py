@@ -48,7 +48,7 @@ VANISHING_VARIANTS = ("article", "full-batch")
 
 
 def vanishing(out_dir="runs/vanishing", seed=0, variant="article", relu=False, epochs=None, lr=None,
-              batch_size=None, target=None, say=print, max_steps=None):
+              batch_size=None, target=None, say=print, max_steps=None, deep=False):
     """The vanishing-gradient experiment: a sigmoid 3-3-2-1 net on the two spheres.
 
     ``variant="article"`` (default) follows article 000: its data (``make_spheres()``: centres
@@ -60,6 +60,8 @@ def vanishing(out_dir="runs/vanishing", seed=0, variant="article", relu=False, e
     diagonal, full-batch steps, lr 1.0, mean(e^2)).  ``relu=True`` adds the same net with ReLU
     hidden layers.  Reports the per-layer delta magnitudes averaged over the first 50 steps
     (input layer first) and the steps until the training cost first reaches ``target``.
+    ``deep=True`` adds a 20-layer sigmoid chain and the same 20 layers with residual connections
+    (``deep_nets``), trained alike, and a second plot of their first and last layers' deltas.
     """
     if variant not in VANISHING_VARIANTS:
         raise ValueError(f"variant: expected one of {VANISHING_VARIANTS}, got {variant!r}")
@@ -116,8 +118,56 @@ def vanishing(out_dir="runs/vanishing", seed=0, variant="article", relu=False, e
                                          f"per-layer RMS delta during training (3-3-2-1, {variant})"))
     else:
         say(f"(no PNG: {plotting.PLOT_HINT})")
+    if deep:
+        results.update(_deep(X, t, y, out_dir, seed, epochs, batch_size, fit_lr, cost_scale, target, say, files))
     say("\nwrote:\n  " + "\n  ".join(files))
     return results, files
+
+
+DEEP_LAYERS, DEEP_WIDTH = 20, 8
+
+
+def deep_nets(seed=0, layers=DEEP_LAYERS, width=DEEP_WIDTH):
+    """{name: model}: ``layers`` sigmoid layers of ``width`` units, a BatchNorm and a sigmoid output,
+    as a chain and with a residual connection around every hidden layer after the first
+    (h <- h + sigmoid(h W + b), the sum un-activated; the BatchNorm rescales the sum, which grows
+    with depth, for the output: without it the residual net's output saturated and it did not train)."""
+    from .graph import Input
+    from .layers import Add
+    chain = Model([Dense(width, "sigmoid") for _ in range(layers)] + [BatchNorm(), Dense(1, "sigmoid")], loss="mse",
+                  seed=seed)
+    x = Input(3)
+    h = Dense(width, "sigmoid")(x)
+    for _ in range(layers - 1):
+        h = Add()(h, Dense(width, "sigmoid")(h))
+    residual = Model(Dense(1, "sigmoid")(BatchNorm()(h)), loss="mse", seed=seed)
+    return {f"{layers}-layer chain": chain, f"{layers}-layer residual": residual}
+
+
+def _deep(X, t, y, out_dir, seed, epochs, batch_size, lr, cost_scale, target, say, files):
+    """Train ``deep_nets`` like the small nets; the first and last dense layers' deltas."""
+    results, traces = {}, {}
+    say(f"\n{DEEP_LAYERS} sigmoid layers of {DEEP_WIDTH} units: a chain against residual connections")
+    for name, model in deep_nets(seed).items():
+        h = model.fit(X, t, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, track_grad_norms=True,
+                      callbacks=[_EpochProgress(name, epochs, say, max(epochs // 5, 1))])
+        dense = [op.index for op in model.layers if type(op.spec).__name__ == "Dense"]
+        ends = {f"layer{dense[0]}.delta", f"layer{dense[-1]}.delta"}
+        rows = [{k: v for k, v in r.items() if k == "step" or k in ends} for r in h["grad_norms"]]
+        d = _rms_deltas(rows, 50, scale=batch_size * cost_scale)
+        first, last = d[f"layer{dense[0]}"], d[f"layer{dense[-1]}"]
+        acc = float(((model.eval().predict(X)[:, 0] >= 0.5) == y).mean())
+        results[name] = {"first_layer_delta": first, "last_layer_delta": last, "final_loss": h["loss"][-1] * cost_scale,
+                         "accuracy": acc}
+        traces[name] = rows
+        files.append(save_history(h, os.path.join(out_dir, f"history_{name.replace(' ', '_')}.json")))
+        say(f"  {name:>20}: first-layer delta {first:.3e}, last {last:.3e} (first/last {first / last:.1e}); "
+            f"final cost {h['loss'][-1] * cost_scale:.4f}, accuracy {acc:.3f}")
+    if plotting.available():
+        files.append(plotting.grad_norms(traces, os.path.join(out_dir, "grad_norms_deep.png"),
+                                         f"first and last layers' RMS delta, {DEEP_LAYERS} sigmoid layers",
+                                         decades=14))   # the chain's first layer sits ~11 decades down
+    return results
 
 
 REGULARIZER_RUNS = {

@@ -1,13 +1,25 @@
 """Layer specifications: what the user writes.  Plain frozen descriptions, validated on
-creation; ``fastbp.ops`` compiles each into an op."""
+creation; ``fastbp.ops`` compiles each into an op.
+
+A list of specs is a chain.  Calling a spec on earlier nodes builds a graph (``fastbp.graph``):
+``h = Dense(64, "tanh")(x)``, ``Add("tanh")(h, r)``, ``Concat()(a, b)``."""
 from dataclasses import dataclass
 
 from .kernels.names import CODE_NAMES, act_code, check_alpha
 from .kernels.validate import flag, real, scalar
 
 
+class _Layer:
+    """Calling a spec on nodes of a graph gives the node of its output (``fastbp.graph``)."""
+    inputs = 1     # how many inputs the layer takes
+
+    def __call__(self, *nodes):
+        from .graph import Node
+        return Node(self, nodes)
+
+
 @dataclass(frozen=True)
-class Dense:
+class Dense(_Layer):
     """Fully connected layer ``act(x @ W + b)`` with ``units`` outputs."""
     units: int
     activation: str = "identity"
@@ -26,7 +38,7 @@ class Dense:
 
 
 @dataclass(frozen=True)
-class Activation:
+class Activation(_Layer):
     """Standalone activation; fused into the preceding Dense/BatchNorm when that has none."""
     name: str
     alpha: float = 0.01
@@ -37,7 +49,7 @@ class Activation:
 
 
 @dataclass(frozen=True)
-class BatchNorm:
+class BatchNorm(_Layer):
     """Batch normalization over the batch axis, followed by an optional fused activation."""
     activation: str = "identity"
     alpha: float = 0.01
@@ -52,7 +64,7 @@ class BatchNorm:
 
 
 @dataclass(frozen=True)
-class Dropout:
+class Dropout(_Layer):
     """Inverted dropout: drops each unit with probability ``p`` in training, identity in eval."""
     p: float
 
@@ -63,12 +75,39 @@ class Dropout:
         object.__setattr__(self, "p", p)
 
 
+@dataclass(frozen=True)
+class Add(_Layer):
+    """Sum of two inputs of equal width (a residual connection), then an optional activation."""
+    activation: str = "identity"
+    alpha: float = 0.01
+    inputs = 2
+
+    def __post_init__(self):
+        object.__setattr__(self, "activation", CODE_NAMES[act_code(self.activation, "Add.activation")])
+        object.__setattr__(self, "alpha", check_alpha(self.alpha, "Add.alpha"))
+
+
+@dataclass(frozen=True)
+class Concat(_Layer):
+    """The columns of two inputs side by side, then an optional activation."""
+    activation: str = "identity"
+    alpha: float = 0.01
+    inputs = 2
+
+    def __post_init__(self):
+        object.__setattr__(self, "activation", CODE_NAMES[act_code(self.activation, "Concat.activation")])
+        object.__setattr__(self, "alpha", check_alpha(self.alpha, "Concat.alpha"))
+
+
+SPECS = (Dense, Activation, BatchNorm, Dropout, Add, Concat)
+
+
 def spec_to_dict(spec):
     return {"type": type(spec).__name__, **spec.__dict__}
 
 
 def spec_from_dict(d):
-    kinds = {"Dense": Dense, "Activation": Activation, "BatchNorm": BatchNorm, "Dropout": Dropout}
+    kinds = {k.__name__: k for k in SPECS}
     d = dict(d)
     kind = d.pop("type", None)
     if kind not in kinds:

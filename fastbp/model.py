@@ -18,7 +18,8 @@ from .plan import Plan
 
 
 class Model:
-    """A feed-forward network: ``Model([Dense(512, "tanh"), Dense(10)], loss="softmax_ce")``.
+    """A feed-forward network: ``Model([Dense(512, "tanh"), Dense(10)], loss="softmax_ce")``, or a
+    graph given by its output node (``fastbp.graph``): ``Model(Dense(10)(Add()(h, r)))``.
 
     ``loss``: ``softmax_ce`` (int labels; last layer gives logits), ``mse`` (float targets (N, C))
     or ``sigmoid_bce`` (targets in [0, 1]; last layer gives logits).  ``dtype``: float32 (default)
@@ -33,12 +34,24 @@ class Model:
     backward pass and leaves ``grads`` untouched.
     """
 
-    def __init__(self, layers, loss="softmax_ce", input_dim=None, dtype="float32", seed=0, precision="fp32"):
+    def __init__(self, layers, loss="softmax_ce", input_dim=None, dtype="float32", seed=0, precision="fp32",
+                 wiring=None):
+        """``wiring``: with a list of specs, the inputs of each layer (what ``fastbp.graph.flatten``
+        gives and checkpoints store); None: a chain."""
+        from .graph import Node, flatten
+        if isinstance(layers, Node):
+            layers, wiring, features = flatten(layers)
+            if input_dim is not None and input_dim != features:
+                raise ValueError(f"input_dim: {input_dim} differs from the graph's Input({features})")
+            input_dim = features
         if not isinstance(layers, (list, tuple)) or not layers:
-            raise ValueError("layers: expected a non-empty list of layer specs")
+            raise ValueError("layers: expected a non-empty list of layer specs, or a graph's output node")
         for i, s in enumerate(layers):
-            if not isinstance(s, (L.Dense, L.Activation, L.BatchNorm, L.Dropout)):
+            if not isinstance(s, L.SPECS):
                 raise TypeError(f"layers[{i}]: expected a fastbp layer spec, got {type(s).__name__}")
+        if wiring is not None and (not isinstance(wiring, (list, tuple)) or len(wiring) != len(layers)):
+            raise ValueError(f"wiring: expected one tuple of input indices per layer ({len(layers)})")
+        self.wiring = None if wiring is None else [tuple(int(v) for v in w) for w in wiring]
         self.loss = LS.get(loss).name
         self.dtype = np.dtype(dtype)
         if self.dtype.type not in (np.float32, np.float64):
@@ -59,7 +72,7 @@ class Model:
     def build(self, input_dim):
         """Create the ops and parameters for inputs of ``input_dim`` features."""
         self.plan = Plan(self.specs, self.loss, inputs.positive_int("input_dim", input_dim), self.dtype, self.seed,
-                         self.precision)
+                         self.precision, self.wiring)
         return self
 
     built = property(lambda self: self.plan is not None)
@@ -101,6 +114,8 @@ class Model:
     def __repr__(self):
         arch = ", ".join(repr(s) for s in self.specs)
         extra = f", input_dim={self.input_dim}" if self.built else " (not built)"
+        if self.wiring is not None:
+            extra += f", wiring={self.wiring}"
         return f"Model([{arch}], loss={self.loss!r}, dtype={self.dtype.name!r}, seed={self.seed}{extra})"
 
     # ------------------------------------------------------------------ checks

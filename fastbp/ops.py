@@ -32,9 +32,14 @@ from .kernels import (
     activation_backward_launch,
     activation_forward,
     activation_forward_launch,
+    add_backward_launch,
+    add_into_launch,
+    add_launch,
     batchnorm_backward_launch,
     batchnorm_forward_launch,
     bf16_store_shape,
+    concat_backward_launch,
+    concat_launch,
     dense_backward_bf16_launch,
     dense_backward_launch,
     dense_forward_bf16_launch,
@@ -61,19 +66,32 @@ def register(cls):
 
 
 class IO:
-    """Where op ``i`` reads and writes in one workspace (arrays; the op turns them into slots)."""
+    """Where op ``i`` reads and writes in one workspace (arrays; the op hands them to its entries).
+
+    ``xs[k]``: input k, the output of op ``inputs[k]`` (or the batch, index -1); ``dxs[k]``: where
+    the op's backward writes input k's delta (None for the batch), already multiplied by the
+    derivative of ``prevs[k]``'s activation: the input's delta itself, or, when another op also
+    reads that input and writes its delta first, a buffer the plan then adds into it.
+    ``x``, ``dx``, ``prev``: input 0's (the only one of every op but Add and Concat)."""
 
     def __init__(self, ws, ops, i):
         self.ws, self.i = ws, i
-        self.x = ws.outs[i - 1] if i > 0 else ws.x          # (N, F_{i-1}) input
+        srcs = ops[i].inputs
+        self.xs = [ws.outs[s] if s >= 0 else ws.x for s in srcs]           # (N, F_s) inputs
+        self.dxs = [ws.delta_target(i, k) for k in range(len(srcs))]      # (N, F_s) or None
+        self.prevs = [ops[s] if s >= 0 else None for s in srcs]
+        self.x, self.dx, self.prev = self.xs[0], self.dxs[0], self.prevs[0]
         self.out, self.delta = ws.outs[i], ws.deltas[i]       # (N, F_i)
-        self.dx = ws.deltas[i - 1] if i > 0 else None         # (N, F_{i-1}) or None for the first op
-        self.prev = ops[i - 1] if i > 0 else None
         self.scratch = ws.scratch[i]
+
+    def act_of(self, k):
+        """(activation code, slope) of input k's producer (identity for the batch)."""
+        p = self.prevs[k]
+        return (p.act, p.alpha) if p is not None else (IDENTITY, 0.0)
 
     @property
     def prev_act(self):
-        return (self.prev.act, self.prev.alpha) if self.prev is not None else (IDENTITY, 0.0)
+        return self.act_of(0)
 
 
 class Op:
@@ -90,6 +108,7 @@ class Op:
     def __init__(self, spec, in_dim, index):
         self.spec, self.in_dim, self.index = spec, in_dim, index
         self.out_dim = in_dim
+        self.inputs = (index - 1,)     # the ops it reads (-1: the batch); set by compile_specs
         self.params, self.grads, self.state = {}, {}, {}   # name -> view (filled by the plan)
 
     def absorb(self, spec):
@@ -555,16 +574,123 @@ class ActivationOp(Op):
                                         prev_alpha=palpha)
 
 
-def compile_specs(specs, input_dim):
-    """Specs -> ops: each spec becomes its registered op unless the previous op absorbs it."""
-    ops, width = [], int(input_dim)
+# ------------------------------------------------------------------- Add and Concat
+_JOIN_IN = dict(a=A2("input", "N", "Fa"), b=A2("input", "N", "Fb"), out=A2("output", "N", "F"),
+                act=Int("activation code"), alpha=Float("leaky_relu slope"))
+_JOIN_BACK = dict(da=A2("delta of input a", "N", "Fa", optional=True),
+                  db=A2("delta of input b", "N", "Fb", optional=True), dz=A2("delta", "N", "F"),
+                  ya=A2("input", "N", "Fa"), yb=A2("input", "N", "Fb"), act_a=Int("a's producer's activation"),
+                  act_b=Int("b's producer's activation"), want_a=Int("flag"), want_b=Int("flag"),
+                  alpha_a=Float(), alpha_b=Float())
+JOIN_FORWARD = Signature("join forward", **_JOIN_IN, concat=Int("0: add, 1: concat"))
+JOIN_BACKWARD = Signature("join backward", **_JOIN_BACK, concat=Int("0: add, 1: concat"))
+ACCUMULATE = Signature("accumulate", dst=A2("delta", "N", "F"), src=A2("scratch", "N", "F"))
+_JF, _JB, _AC = JOIN_FORWARD.at, JOIN_BACKWARD.at, ACCUMULATE.at
+
+
+@JOIN_FORWARD.entry
+@jit
+def join_forward_entry(a2, a1, ai, af, ia, fa, t, lr, training, nt):
+    F = _JF
+    if ia[F.concat] != 0:
+        concat_launch(a2[ia[F.out]], a2[ia[F.a]], a2[ia[F.b]], ia[F.act], fa[F.alpha], nt)
+    else:
+        add_launch(a2[ia[F.out]], a2[ia[F.a]], a2[ia[F.b]], ia[F.act], fa[F.alpha], nt)
+    return 0.0
+
+
+@JOIN_BACKWARD.entry
+@jit
+def join_backward_entry(a2, a1, ai, af, ia, fa, t, lr, training, nt):
+    B = _JB
+    args = (a2[ia[B.da]], a2[ia[B.db]], a2[ia[B.dz]], a2[ia[B.ya]], ia[B.act_a], fa[B.alpha_a], a2[ia[B.yb]],
+            ia[B.act_b], fa[B.alpha_b], ia[B.want_a] != 0, ia[B.want_b] != 0, nt)
+    if ia[B.concat] != 0:
+        concat_backward_launch(*args)
+    else:
+        add_backward_launch(*args)
+    return 0.0
+
+
+@ACCUMULATE.entry
+@jit
+def accumulate_entry(a2, a1, ai, af, ia, fa, t, lr, training, nt):
+    add_into_launch(a2[ia[_AC.dst]], a2[ia[_AC.src]], nt)
+    return 0.0
+
+
+class _JoinOp(Op):
+    """Two inputs joined (Add: summed; Concat: side by side), with a fused activation."""
+    entries = (join_forward_entry, join_backward_entry, accumulate_entry)
+    fuses_activation = True
+    concat = 0
+
+    def __init__(self, spec, in_dims, index):
+        super().__init__(spec, in_dims, index)
+        self.act, self.alpha = act_code(spec.activation), float(spec.alpha)
+
+    def forward_entry(self, io, update_stats):
+        a, b = io.xs
+        return JOIN_FORWARD.bind(io.ws, self.where, a=a, b=b, out=io.out, act=self.act, alpha=self.alpha,
+                                 concat=self.concat)
+
+    def backward_entry(self, io, fused_sgd, wd):
+        (da, db), (ya, yb) = io.dxs, io.xs
+        (act_a, alpha_a), (act_b, alpha_b) = io.act_of(0), io.act_of(1)
+        return JOIN_BACKWARD.bind(io.ws, self.where, da=da, db=db, dz=io.delta, ya=ya, yb=yb, act_a=act_a,
+                                  act_b=act_b, want_a=da is not None, want_b=db is not None, alpha_a=alpha_a,
+                                  alpha_b=alpha_b, concat=self.concat)
+
+    def portable(self):
+        raise ValueError(f"{self.where}: graph layers (Add, Concat) have no PyTorch/ONNX form in fastbp yet; "
+                         f"save the model with Model.save (.npz)")
+
+
+@register
+class AddOp(_JoinOp):
+    spec_type = L.Add
+
+    def __init__(self, spec, in_dims, index):
+        super().__init__(spec, in_dims, index)
+        if len(set(in_dims)) != 1:
+            raise ValueError(f"layers[{index}]: Add needs inputs of one width, got widths {in_dims}")
+        self.out_dim = in_dims[0]
+
+
+@register
+class ConcatOp(_JoinOp):
+    spec_type = L.Concat
+    concat = 1
+
+    def __init__(self, spec, in_dims, index):
+        super().__init__(spec, in_dims, index)
+        self.out_dim = sum(in_dims)
+
+
+def accumulate(ws, where, dst, src):
+    """The entry that adds a delta handed back into ``src`` to the delta ``dst`` of the same tensor."""
+    return ACCUMULATE.bind(ws, where, dst=dst, src=src)
+
+
+def compile_specs(specs, input_dim, wiring=None):
+    """Specs -> ops.  A chain (``wiring`` None): each spec becomes its registered op unless the
+    previous op absorbs it (a following Activation).  A graph: one op per spec, op i reading the
+    ops ``wiring[i]`` (-1: the batch), in the given (topological) order."""
+    ops = []
     for i, spec in enumerate(specs):
-        if ops and ops[-1].absorb(spec):
+        if wiring is None and ops and ops[-1].absorb(spec):
             continue
         cls = OPS.get(type(spec))
         if cls is None:
             raise TypeError(f"layers[{i}]: no op is registered for {type(spec).__name__}")
-        op = cls(spec, width, len(ops))
+        if wiring is None and getattr(spec, "inputs", 1) != 1:
+            raise ValueError(f"layers[{i}]: {type(spec).__name__} joins two branches; build the model from a "
+                             f"graph (fastbp.Input and layers called on nodes), not a list")
+        srcs = (len(ops) - 1,) if wiring is None else tuple(wiring[i])
+        if any(not -1 <= s < len(ops) for s in srcs):
+            raise ValueError(f"layers[{i}]: inputs {srcs} must be earlier layers (or -1, the model's input)")
+        widths = [ops[s].out_dim if s >= 0 else int(input_dim) for s in srcs]
+        op = cls(spec, widths[0] if len(widths) == 1 else tuple(widths), len(ops))
+        op.inputs = srcs
         ops.append(op)
-        width = op.out_dim
     return ops

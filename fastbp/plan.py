@@ -23,7 +23,7 @@ import numpy as np
 from . import losses as LS
 from ._threads import apply_default_threads
 from .kernels import bind_blas
-from .ops import IO, compile_specs
+from .ops import IO, accumulate, accumulate_entry, compile_specs
 from .program import Program
 from .warmup import start_helpers
 from .workspace import Workspace, aligned_empty, check_memory
@@ -60,14 +60,16 @@ def _check_bf16():
 class Plan:
     """Everything compiled from (specs, loss, input_dim, dtype, seed)."""
 
-    def __init__(self, specs, loss, input_dim, dtype, seed, precision="fp32"):
+    def __init__(self, specs, loss, input_dim, dtype, seed, precision="fp32", wiring=None):
         apply_default_threads()
         self.specs, self.loss, self.dtype, self.seed = list(specs), LS.get(loss), np.dtype(dtype), int(seed)
         self.input_dim = int(input_dim)
         self.precision = precision
         if precision == "bf16":
             _check_bf16()
-        self.ops = compile_specs(self.specs, self.input_dim)
+        self.wiring = None if wiring is None else [tuple(w) for w in wiring]
+        self.ops = compile_specs(self.specs, self.input_dim, self.wiring)
+        self._deltas_of_shared_inputs()
         for op in self.ops:
             op.precision = precision
         if not any(op.param_shapes() for op in self.ops):
@@ -77,7 +79,8 @@ class Plan:
             raise ValueError(f"layers: with loss={self.loss.name!r} the last layer must output logits "
                              f"(no activation); the loss applies the softmax/sigmoid itself")
         self.output_dim = last.out_dim
-        start_helpers([fn for op in self.ops for fn in op.entries] + list(self.loss.entries), self.dtype)
+        start_helpers([fn for op in self.ops for fn in op.entries] + list(self.loss.entries)
+                      + ([accumulate_entry] if self.extra else []), self.dtype)
         sizes = [int(np.prod(sh, dtype=object)) for op in self.ops for sh in op.param_shapes().values()]
         check_memory(2 * sum(sizes) * self.dtype.itemsize, f"the model's {sum(sizes):,} parameters and gradients")
         self.params = aligned_empty(int(sum(sizes)), self.dtype)   # (P,) every trained parameter
@@ -103,6 +106,32 @@ class Plan:
         self._train_ws = {}
         self._pool = {}
         self._lock = threading.Lock()
+
+    def _deltas_of_shared_inputs(self):
+        """Who writes each op's delta: of the ops reading op s, the last in the backward order (the
+        highest (op, input) pair) writes delta s; every other reader writes into a buffer of its
+        own (``extra``), added to delta s right after its backward (``accumulate_after``)."""
+        readers = {}
+        for op in self.ops:
+            for k, s in enumerate(op.inputs):
+                if s >= 0:
+                    readers.setdefault(s, []).append((op.index, k))
+        unread = [op.index for op in self.ops[:-1] if op.index not in readers]
+        if unread:
+            raise ValueError(f"layers: the output of layer {unread[0]} ({self.ops[unread[0]].describe()}) is not used; "
+                             f"the model's output must be the last layer")
+        self.extra, self.accumulate_after = {}, {}
+        for s, rs in readers.items():
+            for i, k in sorted(rs)[:-1]:
+                self.extra[(i, k)] = s
+                self.accumulate_after.setdefault(i, []).append((k, s))
+
+    def backward_entries(self, ws, ios, i, fused, wd):
+        """Op i's backward, then the additions of the deltas it handed back into buffers."""
+        out = [self.ops[i].backward_entry(ios[i], fused, wd)]
+        for k, s in self.accumulate_after.get(i, ()):
+            out.append(accumulate(ws, f"{self.ops[i].where}, input {k}", ws.deltas[s], ws.extra_deltas[(i, k)]))
+        return out
 
     # ------------------------------------------------------------------ workspaces
     def train_workspace(self, N):
@@ -146,7 +175,7 @@ class Plan:
         if kind in ("train", "grads"):
             fused = kind == "train" and fuse and optimizer.fusable
             wd = optimizer.weight_decay if fused else 0.0
-            entries += [ops[i].backward_entry(ios[i], fused, wd) for i in range(n - 1, -1, -1)]
+            entries += [e for i in range(n - 1, -1, -1) for e in self.backward_entries(ws, ios, i, fused, wd)]
             if kind == "train" and not fused:
                 entries.append(optimizer.entry(ws, self.params, self.grads, opt_state))
         prog = ws.programs[key] = Program(self.dtype, entries)

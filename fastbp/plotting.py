@@ -89,7 +89,7 @@ def log_limits(series, decades=LOG_DECADES):
     return max(pos.min() / 2, hi / 10 ** decades), hi
 
 
-def grad_norms(runs, path, title, key="delta"):
+def grad_norms(runs, path, title, key="delta", decades=LOG_DECADES):
     """Per-layer RMS gradients over training steps, one panel per run, on one shared log scale so
     the panels compare: each layer's moving RMS over ~1% of the steps (per-step values swing by
     orders of magnitude), a line style per layer, the axis bounded to ``LOG_DECADES``."""
@@ -110,7 +110,7 @@ def grad_norms(runs, path, title, key="delta"):
         ax.set(xlabel="step", ylabel=f"RMS {key} (moving, {window} steps)", title=label)
         ax.grid(alpha=0.3, which="both")
         ax.legend(fontsize=8, title="layer (0 = input side)", title_fontsize=8)
-    axes[0][0].set_ylim(*log_limits(drawn))
+    axes[0][0].set_ylim(*log_limits(drawn, decades))
     fig.suptitle(title)
     fig.tight_layout()
     return _save(fig, path)

@@ -155,6 +155,15 @@ def steps(dtype):
         from .program import _compiled
         _compiled(dense_forward_small_entry, dtype)
     out.append(("small-batch dense forward", small_batches))
+
+    def graph():             # Add, Concat and the sum of the deltas of a tensor read twice
+        from .graph import Input
+        from .layers import Add, Concat
+        h = Dense(5, "tanh")(Input(4))
+        m = Model(Dense(3)(Concat()(Add()(h, Dense(5, "tanh")(h)), h)), dtype=dtype)
+        m.fit(X, labels, epochs=1, batch_size=8)
+        m.predict_proba(X)
+    out.append(("graph (Add, Concat)", graph))
     return out
 
 

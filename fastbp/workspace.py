@@ -54,6 +54,9 @@ class Workspace:
         self.x = aligned_empty((N, plan.input_dim), dt)                       # (N, D0)  the batch
         self.outs = [aligned_empty((N, op.out_dim), dt) for op in plan.ops]   # (N, F_i) output of op i
         self.deltas = [aligned_empty((N, op.out_dim), dt) for op in plan.ops]  # (N, F_i) dL/d pre-activation
+        self._ops = plan.ops
+        self.extra_deltas = {(i, k): aligned_empty((N, plan.ops[s].out_dim), dt)   # (N, F_s) a second reader's
+                             for (i, k), s in plan.extra.items()}                  # delta of its input k
         self.scratch = [{k: np.zeros(s, dt) for k, s in op.scratch_shapes().items()}  # per op, e.g. BN mean (F,)
                         for op in plan.ops]
         self.y = plan.loss.target_buffer(N, plan.output_dim, dt)         # (N,) int64 or (N, C) targets
@@ -64,6 +67,13 @@ class Workspace:
         self._ids = {}
         self.programs = {}
         self._finished = False
+
+    def delta_target(self, i, k):
+        """Where op i's backward writes the delta of its input k (None: the batch's)."""
+        s = self._ops[i].inputs[k]
+        if s < 0:
+            return None
+        return self.extra_deltas.get((i, k), self.deltas[s])
 
     # -- list slots: index of an array in a2 / a1 / ai (registered once, by identity) --
     def slot(self, a):

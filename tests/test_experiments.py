@@ -48,6 +48,19 @@ def test_vanishing_experiment_on_article_000_data_sigmoid_deltas_shrink_toward_i
     assert len(h["grad_norms"]) == 300 * 20 and "layer0.delta" in h["grad_norms"][0]   # 200 rows / batch 10
 
 
+@pytest.mark.slow   # 2 x 20-layer nets for 60 epochs: ~15 s jitted
+def test_vanishing_deep_residual_connections_keep_the_first_layers_gradient(tmp_path):
+    res, files = experiments.vanishing(str(tmp_path), seed=0, epochs=60, deep=True, say=lambda *a: None)
+    chain, residual = res["20-layer chain"], res["20-layer residual"]
+    assert chain["first_layer_delta"] < 1e-8 * chain["last_layer_delta"]          # vanished
+    assert residual["first_layer_delta"] > 1e-2 * residual["last_layer_delta"]    # kept
+    assert residual["accuracy"] == 1.0 and residual["final_loss"] < 0.01
+    assert chain["accuracy"] < 0.9
+    pngs = [f for f in files if f.endswith("grad_norms_deep.png")]
+    assert len(pngs) == 1
+    assert_png_with_content(pngs[0])
+
+
 @pytest.mark.slow
 def test_vanishing_full_batch_variant(tmp_path):
     res, _ = experiments.vanishing(str(tmp_path), variant="full-batch", epochs=300, say=lambda *a: None)

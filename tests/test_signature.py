@@ -69,7 +69,8 @@ def test_bind_packs_by_name_in_the_declared_order():
     ({"out": np.zeros((2, 5), np.float32)}, "output 'out': expected shape (N, F) with N = 4"),
     ({"W": np.zeros(15, np.float32)}, "param 'W': expected a 2-D array of the model's dtype (float32), got float32 "
                                       "array of 1 dims"),
-    ({"x": np.zeros((4, 3), np.float64)}, "input 'x': expected a 2-D array of the model's dtype (float32), got float64"),
+    ({"x": np.zeros((4, 3), np.float64)},
+     "input 'x': expected a 2-D array of the model's dtype (float32), got float64"),
     ({"x": None}, "input 'x': expected a 2-D array of the model's dtype, got None (it is not optional)"),
     ({"act": 1.5}, "'act': expected an int, got float"),
     ({"alpha": "0.1"}, "'alpha': expected a real number, got str"),
