@@ -1,5 +1,6 @@
-"""kernels/combine.py: Add and Concat forward/backward and add_into against numpy (float64 to 1e-15:
-fastbp's own tanh and fused multiply-adds differ from numpy's by an ulp; float32 to 1e-6), inside a parallel=True caller, and their checked wrappers' one-line errors."""
+"""kernels/combine.py: Add and Concat forward/backward and add_into against numpy (float64 to
+1e-15: fastbp's own tanh and fused multiply-adds differ from numpy's by an ulp; float32 to 1e-6),
+inside a parallel=True caller, and their checked wrappers' one-line errors."""
 import numpy as np
 import pytest
 from numba import njit, prange
