@@ -76,27 +76,26 @@ class Dropout(_Layer):
 
 
 @dataclass(frozen=True)
-class Add(_Layer):
-    """Sum of two inputs of equal width (a residual connection), then an optional activation."""
+class _Join(_Layer):
+    """Two inputs joined, then an optional activation."""
     activation: str = "identity"
     alpha: float = 0.01
     inputs = 2
 
     def __post_init__(self):
-        object.__setattr__(self, "activation", CODE_NAMES[act_code(self.activation, "Add.activation")])
-        object.__setattr__(self, "alpha", check_alpha(self.alpha, "Add.alpha"))
+        name = type(self).__name__
+        object.__setattr__(self, "activation", CODE_NAMES[act_code(self.activation, f"{name}.activation")])
+        object.__setattr__(self, "alpha", check_alpha(self.alpha, f"{name}.alpha"))
 
 
 @dataclass(frozen=True)
-class Concat(_Layer):
-    """The columns of two inputs side by side, then an optional activation."""
-    activation: str = "identity"
-    alpha: float = 0.01
-    inputs = 2
+class Add(_Join):
+    """Sum of two inputs of equal width (a residual connection), then an optional activation."""
 
-    def __post_init__(self):
-        object.__setattr__(self, "activation", CODE_NAMES[act_code(self.activation, "Concat.activation")])
-        object.__setattr__(self, "alpha", check_alpha(self.alpha, "Concat.alpha"))
+
+@dataclass(frozen=True)
+class Concat(_Join):
+    """The columns of two inputs side by side, then an optional activation."""
 
 
 SPECS = (Dense, Activation, BatchNorm, Dropout, Add, Concat)

@@ -37,26 +37,27 @@ def add_launch(out, a, b, act, alpha, nchunks):
         bias_act_block(out, empty, act, alpha, r0, r1, 0, F)
 
 
+@jit
+def hand_back_block(dx, dz, y, act, alpha, c0, r0, r1):
+    """dx[r] = dz[r, c0:c0+F] * act'(y[r]) for rows [r0, r1) (dx, y: (N, F)), overwriting dx."""
+    F = dx.shape[1]
+    for r in range(r0, r1):
+        x, z = dx[r], dz[r, c0:c0 + F]
+        for f in range(F):
+            x[f] = z[f]
+    act_grad_block(dx, y, act, alpha, r0, r1, 0, F)
+
+
 @jit(parallel=True)
 def add_backward_launch(da, db, dz, ya, act_a, alpha_a, yb, act_b, alpha_b, want_a, want_b, nchunks):
     """da = dz * act_a'(ya) (if ``want_a``) and db = dz * act_b'(yb) (if ``want_b``), overwriting."""
-    N, F = dz.shape
+    N = dz.shape[0]
     for c in prange(nchunks):
         r0, r1 = split(N, nchunks, c)
-        for r in range(r0, r1):
-            z = dz[r]
-            if want_a:
-                x = da[r]
-                for f in range(F):
-                    x[f] = z[f]
-            if want_b:
-                y = db[r]
-                for f in range(F):
-                    y[f] = z[f]
         if want_a:
-            act_grad_block(da, ya, act_a, alpha_a, r0, r1, 0, F)
+            hand_back_block(da, dz, ya, act_a, alpha_a, 0, r0, r1)
         if want_b:
-            act_grad_block(db, yb, act_b, alpha_b, r0, r1, 0, F)
+            hand_back_block(db, dz, yb, act_b, alpha_b, 0, r0, r1)
 
 
 @jit(parallel=True)
@@ -79,24 +80,14 @@ def concat_launch(out, a, b, act, alpha, nchunks):
 @jit(parallel=True)
 def concat_backward_launch(da, db, dz, ya, act_a, alpha_a, yb, act_b, alpha_b, want_a, want_b, nchunks):
     """da = dz[:, :Fa] * act_a'(ya) (if ``want_a``), db = dz[:, Fa:] * act_b'(yb) (if ``want_b``)."""
-    N, F = dz.shape
+    N = dz.shape[0]
     Fa = ya.shape[1]
     for c in prange(nchunks):
         r0, r1 = split(N, nchunks, c)
-        for r in range(r0, r1):
-            z = dz[r]
-            if want_a:
-                x = da[r]
-                for f in range(Fa):
-                    x[f] = z[f]
-            if want_b:
-                y = db[r]
-                for f in range(F - Fa):
-                    y[f] = z[Fa + f]
         if want_a:
-            act_grad_block(da, ya, act_a, alpha_a, r0, r1, 0, Fa)
+            hand_back_block(da, dz, ya, act_a, alpha_a, 0, r0, r1)
         if want_b:
-            act_grad_block(db, yb, act_b, alpha_b, r0, r1, 0, F - Fa)
+            hand_back_block(db, dz, yb, act_b, alpha_b, Fa, r0, r1)
 
 
 @jit(parallel=True)
